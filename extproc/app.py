@@ -1,0 +1,177 @@
+"""Composition root and lifecycle: the only module that knows every package.
+
+``run_worker`` serves one process: gRPC (ext_proc, ext_authz, health) on every
+listen address, the admin HTTP, and the config watcher. ``run_supervisor`` starts
+N workers as child processes, each on its own port/socket, restarts any that die
+and forwards SIGTERM/SIGINT for a graceful drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import grpc
+from aiohttp import web
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from extproc.config.reloader import ConfigHolder
+from extproc.identity.base import NoAuthentication
+from extproc.pipeline import Pipeline
+from extproc.services.admin_http import build_admin_app
+from extproc.services.ext_authz import AuthorizationService
+from extproc.services.ext_proc import ExternalProcessorService
+from extproc.settings import Settings, split_host_port
+
+log = logging.getLogger("extproc.app")
+
+SERVICE_NAMES = (
+    "envoy.service.ext_proc.v3.ExternalProcessor",
+    "envoy.service.auth.v3.Authorization",
+    "",
+)
+
+_GRPC_OPTIONS = [
+    # Envoy keeps few long-lived HTTP/2 connections and pings them (cluster
+    # keepalive); accept those pings instead of answering GOAWAY "too_many_pings".
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_receive_message_length", 80 << 20),
+]
+
+
+class Worker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.config = ConfigHolder(settings.config_path)
+        self.pipeline = Pipeline(self.config, NoAuthentication())
+        self.health = health.aio.HealthServicer()
+        self.serving = False
+        self.started_at = time.time()
+
+    def status(self) -> dict[str, Any]:
+        st = self.config.status
+        return {
+            "serving": self.serving,
+            "pid": os.getpid(),
+            "listen": list(self.settings.listen),
+            "config": {
+                "path": str(self.config.path),
+                "version": st.version,
+                "loaded_at": st.loaded_at,
+                "healthy": st.healthy,
+                "last_error": st.last_error,
+                "last_error_at": st.last_error_at,
+            },
+        }
+
+    async def run(self, stop: asyncio.Event) -> None:
+        server = grpc.aio.server(options=_GRPC_OPTIONS)
+        external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
+            ExternalProcessorService(self.pipeline), server
+        )
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+            AuthorizationService(self.pipeline), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        for address in self.settings.listen:
+            if address.startswith("unix:"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(address[len("unix:"):])
+            server.add_insecure_port(address)
+        admin = await self._start_admin()
+        await server.start()
+        for name in SERVICE_NAMES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.serving = True
+        watcher = asyncio.create_task(self.config.watch(self.settings.reload_interval))
+        log.info("serving", extra={"listen": list(self.settings.listen), "admin": self.settings.admin,
+                                   "config_version": self.config.current.version})
+        await stop.wait()
+        # Drain: report NOT_SERVING first so health checks steer new work away,
+        # then let in-flight streams finish for up to drain_seconds.
+        log.info("draining", extra={"drain_seconds": self.settings.drain_seconds})
+        self.serving = False
+        await self.health.enter_graceful_shutdown()
+        await server.stop(grace=self.settings.drain_seconds)
+        watcher.cancel()
+        if admin is not None:
+            await admin.cleanup()
+        log.info("stopped")
+
+    async def _start_admin(self) -> web.AppRunner | None:
+        if not self.settings.admin:
+            return None
+        runner = web.AppRunner(build_admin_app(self.status), access_log=None)
+        await runner.setup()
+        host, port = split_host_port(self.settings.admin)
+        await web.TCPSite(runner, host, port).start()
+        return runner
+
+
+def run_worker(settings: Settings) -> int:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Worker(settings).run(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def worker_command(settings: Settings, index: int) -> list[str]:
+    ws = settings.for_worker(index)
+    cmd = [sys.executable, "-m", "extproc", "serve", "--config", str(ws.config_path),
+           "--drain-seconds", str(ws.drain_seconds), "--log-level", ws.log_level,
+           "--worker-index", str(index)]
+    for address in ws.listen:
+        cmd += ["--listen", address]
+    cmd += ["--admin", ws.admin] if ws.admin else ["--no-admin"]
+    return cmd
+
+
+def run_supervisor(settings: Settings) -> int:
+    """Run ``settings.workers`` worker processes until SIGTERM/SIGINT; restart any that die."""
+    stopping = False
+    children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for i in range(settings.workers):
+        children[i] = subprocess.Popen(worker_command(settings, i))
+    log.info("supervising workers", extra={"workers": settings.workers})
+    while not stopping:
+        time.sleep(0.2)
+        for i, child in list(children.items()):
+            code = child.poll()
+            if code is not None and not stopping:
+                log.error("worker exited; restarting", extra={"worker": i, "exit_code": code})
+                time.sleep(0.5)
+                children[i] = subprocess.Popen(worker_command(settings, i))
+    deadline = time.monotonic() + settings.drain_seconds + 5
+    for child in children.values():
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return 0

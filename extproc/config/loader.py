@@ -1,0 +1,262 @@
+"""Parse and validate one YAML policy file into a ``PolicyConfig``.
+
+Every problem is collected (not just the first) and reported with the file and
+the field path, e.g. ``policy.yaml: routing.routes[2].pool: unknown pool 'pool-z'``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from extproc.config.builtin_rules import BUILTIN_RULES
+from extproc.config.model import ListenerPolicy, PolicyConfig, UnknownAction
+from extproc.domain.classify import ModelSource, RuleSpec, WorkloadClass
+from extproc.routing.table import RouteEntry
+
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+MAX_BODY_BYTES_CEILING = 64 << 20
+_HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+_MODEL_SOURCES = {"body", "header", "path"}
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; ``errors`` lists every problem found."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source = source
+        self.errors = errors
+        super().__init__("\n".join(f"{source}: {e}" for e in errors))
+
+
+class _Reader:
+    """Walks the parsed YAML, collecting errors with their field paths."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def error(self, where: str, msg: str) -> None:
+        self.errors.append(f"{where}: {msg}" if where else msg)
+
+    def mapping(self, value: Any, where: str, allowed: set[str]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.error(where, f"expected a mapping, got {type(value).__name__}")
+            return {}
+        for key in value:
+            if key not in allowed:
+                hint = f" (known: {', '.join(sorted(allowed))})"
+                self.error(f"{where}.{key}" if where else str(key), f"unknown field{hint}")
+        return value
+
+    def seq(self, value: Any, where: str) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.error(where, f"expected a list, got {type(value).__name__}")
+            return []
+        return value
+
+    def typed(self, value: Any, where: str, kind: type[T], default: T) -> T:
+        if value is None:
+            return default
+        if kind is int and isinstance(value, bool):
+            self.error(where, "expected an integer")
+            return default
+        if not isinstance(value, kind):
+            self.error(where, f"expected {kind.__name__}, got {type(value).__name__}")
+            return default
+        return value
+
+    def choice(self, value: Any, where: str, parse: Callable[[str], T], options: str) -> T | None:
+        try:
+            return parse(value)
+        except (ValueError, TypeError):
+            self.error(where, f"{value!r} is not one of: {options}")
+            return None
+
+
+def load_file(path: str | Path) -> PolicyConfig:
+    """Read and validate a policy file. Raises ``ConfigError`` naming the file and fields."""
+    source = str(path)
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read file: {exc.strerror or exc}"]) from exc
+    return parse(text, source)
+
+
+def parse(text: bytes, source: str) -> PolicyConfig:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(source, [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from exc
+    r = _Reader()
+    if doc is None:
+        doc = {}
+    root = r.mapping(doc, "", {"version", "listeners", "request_body", "classification", "routing"})
+    if root.get("version", 1) != 1:
+        r.error("version", "only version 1 is supported")
+    listeners = _listeners(r, root.get("listeners"))
+    body = r.mapping(root.get("request_body"), "request_body", {"max_bytes"})
+    max_body = r.typed(body.get("max_bytes"), "request_body.max_bytes", int, DEFAULT_MAX_BODY_BYTES)
+    if not 1 <= max_body <= MAX_BODY_BYTES_CEILING:
+        r.error("request_body.max_bytes", f"must be between 1 and {MAX_BODY_BYTES_CEILING}")
+    rules = _classification(r, root.get("classification"))
+    pools, routes = _routing(r, root.get("routing"))
+    if r.errors:
+        raise ConfigError(source, r.errors)
+    return PolicyConfig(
+        source=source,
+        digest=hashlib.sha256(text).hexdigest(),
+        listeners=listeners,
+        max_body_bytes=max_body,
+        rules=rules,
+        pools=pools,
+        routes=routes,
+    )
+
+
+def _listeners(r: _Reader, value: Any) -> tuple[ListenerPolicy, ...]:
+    out = {"default": ListenerPolicy("default")}
+    for name, spec in r.mapping(value, "listeners", set(value or {})).items():
+        where = f"listeners.{name}"
+        fields = r.mapping(spec, where, {"unknown_requests"})
+        action = r.choice(
+            fields.get("unknown_requests", "deny"), f"{where}.unknown_requests", UnknownAction,
+            "deny, allow",
+        )
+        out[str(name)] = ListenerPolicy(str(name), action or UnknownAction.DENY)
+    return tuple(out.values())
+
+
+def _classification(r: _Reader, value: Any) -> tuple[RuleSpec, ...]:
+    spec = r.mapping(value, "classification", {"builtin_rules", "rules"})
+    builtin = r.typed(spec.get("builtin_rules"), "classification.builtin_rules", bool, True)
+    rules: list[RuleSpec] = []
+    names: set[str] = set()
+    for i, item in enumerate(r.seq(spec.get("rules"), "classification.rules")):
+        rule = _rule(r, item, f"classification.rules[{i}]")
+        if rule is None:
+            continue
+        if rule.name in names:
+            r.error(f"classification.rules[{i}].name", f"duplicate rule name {rule.name!r}")
+        names.add(rule.name)
+        rules.append(rule)
+    if builtin:
+        rules.extend(BUILTIN_RULES)
+    return tuple(rules)
+
+
+def _rule(r: _Reader, item: Any, where: str) -> RuleSpec | None:
+    before = len(r.errors)
+    f = r.mapping(item, where, {"name", "class", "when", "model"})
+    name = r.typed(f.get("name"), f"{where}.name", str, "")
+    if not name:
+        r.error(f"{where}.name", "required")
+    workload = r.choice(f.get("class"), f"{where}.class", WorkloadClass,
+                        ", ".join(w.value for w in WorkloadClass))
+    when = r.mapping(f.get("when"), f"{where}.when",
+                     {"methods", "path", "path_prefix", "path_regex", "hosts", "headers", "body"})
+    methods = frozenset(str(m).upper() for m in r.seq(when.get("methods"), f"{where}.when.methods"))
+    for m in methods - _METHODS:
+        r.error(f"{where}.when.methods", f"unknown HTTP method {m!r}")
+    path_keys = [k for k in ("path", "path_prefix", "path_regex") if k in when]
+    if len(path_keys) > 1:
+        r.error(f"{where}.when", f"set at most one of path, path_prefix, path_regex (got {path_keys})")
+    path = r.typed(when.get("path"), f"{where}.when.path", str, None)
+    prefix = r.typed(when.get("path_prefix"), f"{where}.when.path_prefix", str, None)
+    regex = r.typed(when.get("path_regex"), f"{where}.when.path_regex", str, None)
+    for key, p in (("path", path), ("path_prefix", prefix)):
+        if p is not None and not p.startswith("/"):
+            r.error(f"{where}.when.{key}", "must start with '/'")
+    if regex is not None:
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            r.error(f"{where}.when.path_regex", f"invalid regex: {exc}")
+    hosts = tuple(str(h) for h in r.seq(when.get("hosts"), f"{where}.when.hosts"))
+    headers = []
+    for hname, hval in r.mapping(when.get("headers"), f"{where}.when.headers",
+                                 set(when.get("headers") or {})).items():
+        lname = str(hname).lower()
+        if not _HEADER_NAME.match(lname):
+            r.error(f"{where}.when.headers.{hname}", "not a valid header name")
+        headers.append((lname, str(hval)))
+    body = tuple(
+        (str(k), v)
+        for k, v in r.mapping(when.get("body"), f"{where}.when.body", set(when.get("body") or {})).items()
+    )
+    model = _model_source(r, f.get("model"), f"{where}.model", regex)
+    if len(r.errors) > before or workload is None:
+        return None
+    return RuleSpec(name, workload, methods, path, prefix, regex, hosts, tuple(headers), body, model)
+
+
+def _model_source(r: _Reader, value: Any, where: str, regex: str | None) -> ModelSource | None:
+    """``body.model``, ``header.x-model`` or ``path.model`` (a named group of ``path_regex``)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or "." not in value:
+        r.error(where, "expected 'body.FIELD', 'header.NAME' or 'path.GROUP'")
+        return None
+    kind, name = value.split(".", 1)
+    if kind not in _MODEL_SOURCES or not name:
+        r.error(where, "expected 'body.FIELD', 'header.NAME' or 'path.GROUP'")
+        return None
+    if kind == "header":
+        name = name.lower()
+    if kind == "path":
+        groups = re.compile(regex).groupindex if regex and _compiles(regex) else {}
+        if name not in groups:
+            r.error(where, f"path_regex has no named group {name!r}")
+            return None
+    return ModelSource(kind, name)
+
+
+def _compiles(regex: str) -> bool:
+    try:
+        re.compile(regex)
+    except re.error:
+        return False
+    return True
+
+
+def _routing(r: _Reader, value: Any) -> tuple[tuple[str, ...], tuple[RouteEntry, ...]]:
+    spec = r.mapping(value, "routing", {"pools", "routes"})
+    pools = tuple(str(p) for p in r.seq(spec.get("pools"), "routing.pools"))
+    if not pools:
+        r.error("routing.pools", "list at least one upstream pool (an Envoy cluster name)")
+    entries: list[RouteEntry] = []
+    ids: set[str] = set()
+    for i, item in enumerate(r.seq(spec.get("routes"), "routing.routes")):
+        where = f"routing.routes[{i}]"
+        f = r.mapping(item, where, {"id", "class", "model", "tenant", "pool"})
+        rid = r.typed(f.get("id"), f"{where}.id", str, f"route-{i}")
+        if rid in ids:
+            r.error(f"{where}.id", f"duplicate route id {rid!r}")
+        ids.add(rid)
+        pool = r.typed(f.get("pool"), f"{where}.pool", str, "")
+        if not pool:
+            r.error(f"{where}.pool", "required")
+        elif pools and pool not in pools:
+            r.error(f"{where}.pool", f"unknown pool {pool!r} (routing.pools: {', '.join(pools)})")
+        workload = None
+        if "class" in f:
+            workload = r.choice(f["class"], f"{where}.class", WorkloadClass,
+                                ", ".join(w.value for w in WorkloadClass))
+        model = r.typed(f.get("model"), f"{where}.model", str, None)
+        tenant = r.typed(f.get("tenant"), f"{where}.tenant", str, None)
+        entries.append(RouteEntry(rid, pool, workload, model, tenant))
+    return pools, tuple(entries)

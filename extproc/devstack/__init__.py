@@ -1,0 +1,1 @@
+"""What ``extproc demo`` runs besides the sidecar: a demo OIDC issuer and demo model upstreams."""

@@ -1,0 +1,61 @@
+"""Render the Envoy bootstrap templates in ``envoy/`` with concrete ports and sidecar endpoints."""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ENVOY_DIR = Path(__file__).resolve().parents[2] / "envoy"
+GATEWAY_TEMPLATE = ENVOY_DIR / "gateway.yaml"
+
+
+@dataclass(frozen=True)
+class EnvoyPorts:
+    ext_proc: int = 8080
+    ext_authz: int = 8081
+    admin: int = 9901
+    pool_a: int = 9501
+    pool_b: int = 9502
+
+
+def sidecar_endpoints(addresses: Sequence[str]) -> str:
+    """``127.0.0.1:50051`` / ``unix:/path`` → an inline (flow-style) ``lb_endpoints`` list."""
+    items = []
+    for address in addresses:
+        if address.startswith("unix:"):
+            sock: dict[str, object] = {"pipe": {"path": address[len("unix:"):]}}
+        else:
+            host, _, port = address.rpartition(":")
+            sock = {"socket_address": {"address": host.strip("[]"), "port_value": int(port)}}
+        items.append({"endpoint": {"address": sock}})
+    return json.dumps(items)
+
+
+def render(
+    sidecars: Sequence[str],
+    ports: EnvoyPorts | None = None,
+    template: Path = GATEWAY_TEMPLATE,
+    buffer_limit_bytes: int = (1 << 20) + (64 << 10),
+    message_timeout: str = "1s",
+    route_timeout: str = "300s",
+    access_log_path: str = "/dev/stdout",
+    listen_address: str = "127.0.0.1",
+) -> str:
+    p = asdict(ports or EnvoyPorts())
+    values: dict[str, object] = {
+        "LISTEN_ADDRESS": listen_address,
+        "EXT_PROC_PORT": p["ext_proc"],
+        "EXT_AUTHZ_PORT": p["ext_authz"],
+        "ADMIN_PORT": p["admin"],
+        "POOL_A_PORT": p["pool_a"],
+        "POOL_B_PORT": p["pool_b"],
+        "SIDECAR_ENDPOINTS": sidecar_endpoints(sidecars),
+        "BUFFER_LIMIT_BYTES": buffer_limit_bytes,
+        "MESSAGE_TIMEOUT": message_timeout,
+        "ROUTE_TIMEOUT": route_timeout,
+        "ACCESS_LOG_PATH": access_log_path,
+    }
+    return string.Template(template.read_text()).substitute(values)

@@ -1,0 +1,112 @@
+"""The outcome of the request-side pipeline, and the error body a denial carries."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from extproc.domain.classify import Classification, WorkloadClass
+from extproc.domain.identity import Identity
+from extproc.domain.reasons import Reason
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Allow (with an upstream pool) or deny (with a reason). Adapters turn it into Envoy messages."""
+
+    decision_id: str
+    reason: Reason
+    message: str = ""
+    workload: WorkloadClass = WorkloadClass.UNKNOWN
+    model: str | None = None
+    rule: str | None = None
+    tenant: str | None = None
+    upstream: str | None = None
+    route: str | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.reason is Reason.ALLOWED
+
+    @property
+    def status(self) -> int:
+        return self.reason.status
+
+    def upstream_headers(self) -> list[tuple[str, str]]:
+        """Headers an allowed request carries to the upstream (and the router reads)."""
+        headers = [
+            ("x-extproc-decision-id", self.decision_id),
+            ("x-extproc-class", self.workload.value),
+        ]
+        if self.upstream:
+            headers.append(("x-extproc-upstream", self.upstream))
+        if self.tenant:
+            headers.append(("x-extproc-tenant", self.tenant))
+        if self.model:
+            headers.append(("x-extproc-model", self.model))
+        return headers
+
+    def metadata(self) -> dict[str, str]:
+        """The same facts for Envoy dynamic metadata (access logs, later filters)."""
+        meta = {
+            "decision_id": self.decision_id,
+            "reason": self.reason.value,
+            "class": self.workload.value,
+        }
+        for key, value in (
+            ("tenant", self.tenant),
+            ("model", self.model),
+            ("upstream", self.upstream),
+            ("route", self.route),
+            ("rule", self.rule),
+        ):
+            if value:
+                meta[key] = value
+        return meta
+
+    def error_body(self) -> bytes:
+        """OpenAI-shaped error JSON for a denial."""
+        return json.dumps(
+            {
+                "error": {
+                    "type": self.reason.error_type,
+                    "code": self.reason.value,
+                    "message": self.message,
+                    "decision_id": self.decision_id,
+                }
+            },
+            separators=(",", ":"),
+        ).encode()
+
+
+def allow(
+    decision_id: str, cls: Classification, identity: Identity, upstream: str, route: str
+) -> Decision:
+    return Decision(
+        decision_id=decision_id,
+        reason=Reason.ALLOWED,
+        workload=cls.workload,
+        model=cls.model,
+        rule=cls.rule,
+        tenant=identity.tenant,
+        upstream=upstream,
+        route=route,
+    )
+
+
+def deny(
+    decision_id: str,
+    reason: Reason,
+    message: str,
+    cls: Classification | None = None,
+    identity: Identity | None = None,
+) -> Decision:
+    return Decision(
+        decision_id=decision_id,
+        reason=reason,
+        message=message,
+        workload=cls.workload if cls else WorkloadClass.UNKNOWN,
+        model=cls.model if cls else None,
+        rule=cls.rule if cls else None,
+        tenant=identity.tenant if identity else None,
+    )

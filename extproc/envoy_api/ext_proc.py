@@ -1,0 +1,122 @@
+"""ext_proc codec: ``ProcessingRequest`` → facts, ``Decision`` → ``ProcessingResponse``."""
+
+from __future__ import annotations
+
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+
+from extproc.domain.decision import Decision
+from extproc.domain.facts import RequestFacts
+from extproc.envoy_api.headers import facts_from_pairs, header_option, header_value, removals
+
+ProcessingRequest = pb.ProcessingRequest
+ProcessingResponse = pb.ProcessingResponse
+
+#: Namespace of the dynamic metadata we emit (``%DYNAMIC_METADATA(extproc:tenant)%``).
+METADATA_NAMESPACE = "extproc"
+
+_ProcessingMode = processing_mode_pb2.ProcessingMode
+# Sent with the headers response when the deciding rule needs the body. A mode
+# override replaces the whole mode, so the response-side modes are restated.
+# BUFFERED_PARTIAL (not BUFFERED): a body over Envoy's buffer limit reaches us
+# with end_of_stream=false, and we answer with our own JSON 413 instead of
+# Envoy's bare one.
+_READ_BODY_MODE = _ProcessingMode(
+    request_header_mode=_ProcessingMode.SEND,
+    request_body_mode=_ProcessingMode.BUFFERED_PARTIAL,
+    response_header_mode=_ProcessingMode.SEND,
+    response_body_mode=_ProcessingMode.NONE,
+    request_trailer_mode=_ProcessingMode.SKIP,
+    response_trailer_mode=_ProcessingMode.SKIP,
+)
+
+
+def request_facts(headers: pb.HttpHeaders, listener: str) -> RequestFacts:
+    return facts_from_pairs(
+        ((h.key, header_value(h)) for h in headers.headers.headers), headers.end_of_stream, listener
+    )
+
+
+def _strip_mutation(facts: RequestFacts) -> pb.HeaderMutation:
+    return pb.HeaderMutation(remove_headers=facts.stripped)
+
+
+def read_body(facts: RequestFacts) -> pb.ProcessingResponse:
+    """Continue the headers (stripped of internal ones) and ask Envoy for the body."""
+    return pb.ProcessingResponse(
+        request_headers=pb.HeadersResponse(
+            response=pb.CommonResponse(header_mutation=_strip_mutation(facts))
+        ),
+        mode_override=_READ_BODY_MODE,
+    )
+
+
+def _allow_common(decision: Decision, facts: RequestFacts) -> pb.CommonResponse:
+    upstream = decision.upstream_headers()
+    mutation = pb.HeaderMutation(
+        set_headers=[header_option(k, v) for k, v in upstream],
+        remove_headers=removals(facts, upstream),
+    )
+    # The router picked its route before we set x-extproc-upstream: clear the
+    # route cache so the route (cluster_header) is chosen again with our header.
+    return pb.CommonResponse(header_mutation=mutation, clear_route_cache=True)
+
+
+def _metadata(decision: Decision) -> struct_pb2.Struct:
+    meta = struct_pb2.Struct()
+    meta.update({METADATA_NAMESPACE: decision.metadata()})
+    return meta
+
+
+def decided(decision: Decision, facts: RequestFacts, phase: str) -> pb.ProcessingResponse:
+    """The answer to the request ``phase`` ("headers" or "body") that carried the decision."""
+    if not decision.allowed:
+        return immediate(decision)
+    common = _allow_common(decision, facts)
+    if phase == "headers":
+        return pb.ProcessingResponse(
+            request_headers=pb.HeadersResponse(response=common),
+            dynamic_metadata=_metadata(decision),
+        )
+    return pb.ProcessingResponse(
+        request_body=pb.BodyResponse(response=common), dynamic_metadata=_metadata(decision)
+    )
+
+
+def immediate(decision: Decision) -> pb.ProcessingResponse:
+    """A denial Envoy sends to the client directly, with the OpenAI-shaped JSON error."""
+    headers = pb.HeaderMutation(
+        set_headers=[
+            header_option("content-type", "application/json"),
+            header_option("x-extproc-decision-id", decision.decision_id),
+        ]
+    )
+    return pb.ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=decision.status),
+            headers=headers,
+            body=decision.error_body(),
+            details=f"extproc_{decision.reason.value}",
+        ),
+        dynamic_metadata=_metadata(decision),
+    )
+
+
+def response_headers(decision_id: str | None) -> pb.ProcessingResponse:
+    """Tag the upstream's response with the decision id the client can quote."""
+    common = pb.CommonResponse()
+    if decision_id:
+        common.header_mutation.set_headers.append(header_option("x-extproc-decision-id", decision_id))
+    return pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
+
+
+def passthrough(kind: str) -> pb.ProcessingResponse:
+    """Continue unchanged for a phase we do not act on (e.g. trailers, response body)."""
+    if kind in ("request_trailers", "response_trailers"):
+        return pb.ProcessingResponse(**{kind: pb.TrailersResponse()})
+    if kind in ("request_body", "response_body"):
+        return pb.ProcessingResponse(**{kind: pb.BodyResponse()})
+    return pb.ProcessingResponse(**{kind: pb.HeadersResponse()})
+

@@ -1,0 +1,1 @@
+"""Turning a request's credential into a verified ``Identity`` (OIDC/JWT arrives with the identity issue)."""

@@ -1,0 +1,1 @@
+"""Thin grpc.aio servicers: decode → pipeline → encode; plus health and admin HTTP."""

@@ -1,0 +1,1 @@
+"""Metrics, logs (and, with the observability issue, traces)."""
