@@ -99,11 +99,15 @@ class Worker:
         log.info("serving", extra={"listen": list(self.settings.listen), "admin": self.settings.admin,
                                    "config_version": self.config.current.version})
         await stop.wait()
-        # Drain: report NOT_SERVING first so health checks steer new work away,
-        # then let in-flight streams finish for up to drain_seconds.
-        log.info("draining", extra={"drain_seconds": self.settings.drain_seconds})
+        # Drain: report NOT_SERVING first and keep answering for shutdown_delay
+        # so health checkers steer new work away; then refuse new streams and let
+        # in-flight ones finish for up to drain_seconds.
+        log.info("draining", extra={"drain_seconds": self.settings.drain_seconds,
+                                    "shutdown_delay": self.settings.shutdown_delay})
         self.serving = False
         await self.health.enter_graceful_shutdown()
+        if self.settings.shutdown_delay > 0:
+            await asyncio.sleep(self.settings.shutdown_delay)
         await server.stop(grace=self.settings.drain_seconds)
         watcher.cancel()
         if admin is not None:
@@ -135,7 +139,8 @@ def run_worker(settings: Settings) -> int:
 def worker_command(settings: Settings, index: int) -> list[str]:
     ws = settings.for_worker(index)
     cmd = [sys.executable, "-m", "extproc", "serve", "--config", str(ws.config_path),
-           "--drain-seconds", str(ws.drain_seconds), "--log-level", ws.log_level,
+           "--drain-seconds", str(ws.drain_seconds), "--shutdown-delay", str(ws.shutdown_delay),
+           "--log-level", ws.log_level,
            "--worker-index", str(index)]
     for address in ws.listen:
         cmd += ["--listen", address]

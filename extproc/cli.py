@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--no-admin", action="store_true", help="do not serve the admin HTTP")
     s.add_argument("--workers", type=int, default=int(env_default("WORKERS", "1")))
     s.add_argument("--drain-seconds", type=float, default=float(env_default("DRAIN_SECONDS", "10")))
+    s.add_argument("--shutdown-delay", type=float, default=float(env_default("SHUTDOWN_DELAY", "0")),
+                   help="seconds to keep serving while reporting NOT_SERVING before draining")
     s.add_argument("--log-level", default=env_default("LOG_LEVEL", "info"))
     s.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -120,6 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
         admin=None if args.no_admin else args.admin,
         workers=args.workers,
         drain_seconds=args.drain_seconds,
+        shutdown_delay=args.shutdown_delay,
         log_level=args.log_level,
     )
     if settings.workers > 1:

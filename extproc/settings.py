@@ -18,6 +18,7 @@ class Settings:
     admin: str | None = "127.0.0.1:9464"
     workers: int = 1
     drain_seconds: float = 10.0
+    shutdown_delay: float = 0.0
     reload_interval: float = 1.0
     log_level: str = "info"
 

@@ -1,0 +1,105 @@
+"""Envoy message codecs: header values in value or raw_value, internal header stripping, responses."""
+
+from __future__ import annotations
+
+import json
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2 as authz_pb
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from extproc.domain.classify import Classification, WorkloadClass
+from extproc.domain.decision import allow, deny
+from extproc.domain.identity import ANONYMOUS
+from extproc.domain.reasons import Reason
+from extproc.envoy_api import ext_authz, ext_proc
+
+
+def headers_msg(pairs: list[tuple[str, str]], raw: bool, eos: bool = False) -> pb.HttpHeaders:
+    values = [
+        base_pb2.HeaderValue(key=k, raw_value=v.encode()) if raw else base_pb2.HeaderValue(key=k, value=v)
+        for k, v in pairs
+    ]
+    return pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=values), end_of_stream=eos)
+
+
+PAIRS = [
+    (":method", "POST"), (":path", "/v1/chat/completions?api-version=1"), (":authority", "GW.example.com:8080"),
+    ("content-type", "application/json"), ("x-extproc-upstream", "pool-evil"), ("X-Extproc-Tenant", "root"),
+    ("accept", "a"), ("accept", "b"),
+]
+
+
+def test_reads_raw_value_and_value_alike() -> None:
+    for raw in (True, False):
+        facts = ext_proc.request_facts(headers_msg(PAIRS, raw), "default")
+        assert facts.method == "POST"
+        assert facts.path == "/v1/chat/completions"
+        assert facts.host == "gw.example.com"
+        assert facts.headers["content-type"] == "application/json"
+        assert facts.headers["accept"] == "a,b"
+        assert "x-extproc-upstream" not in facts.headers
+        assert set(facts.stripped) == {"x-extproc-upstream", "x-extproc-tenant"}
+
+
+def _allowed():
+    cls = Classification(WorkloadClass.INFERENCE, "gpt-4o", "openai-chat")
+    return allow("d1", cls, ANONYMOUS, "pool-a", "r1")
+
+
+def test_allow_sets_routing_headers_strips_the_rest_and_clears_route_cache() -> None:
+    facts = ext_proc.request_facts(headers_msg([*PAIRS, ("x-extproc-debug", "1")], True), "default")
+    resp = ext_proc.decided(_allowed(), facts, "headers")
+    common = resp.request_headers.response
+    assert common.clear_route_cache
+    sets = {h.header.key: h.header.raw_value.decode() for h in common.header_mutation.set_headers}
+    assert sets["x-extproc-upstream"] == "pool-a"
+    assert sets["x-extproc-tenant"] == "anonymous"
+    assert sets["x-extproc-decision-id"] == "d1"
+    assert list(common.header_mutation.remove_headers) == ["x-extproc-debug"]
+    meta = resp.dynamic_metadata.fields["extproc"].struct_value.fields
+    assert meta["tenant"].string_value == "anonymous" and meta["route"].string_value == "r1"
+    body_resp = ext_proc.decided(_allowed(), facts, "body")
+    assert body_resp.request_body.response.clear_route_cache
+
+
+def test_read_body_asks_for_buffered_partial() -> None:
+    facts = ext_proc.request_facts(headers_msg(PAIRS, True), "default")
+    resp = ext_proc.read_body(facts)
+    assert resp.HasField("mode_override")
+    assert resp.mode_override.request_body_mode == resp.mode_override.BUFFERED_PARTIAL
+    assert resp.mode_override.response_header_mode == resp.mode_override.SEND
+
+
+def test_denial_is_an_immediate_response_with_json() -> None:
+    decision = deny("d2", Reason.UNKNOWN_WORKLOAD, "nothing matches")
+    resp = ext_proc.decided(decision, ext_proc.request_facts(headers_msg(PAIRS, True), "x"), "headers")
+    imm = resp.immediate_response
+    assert imm.status.code == 404
+    headers = {h.header.key: h.header.raw_value.decode() for h in imm.headers.set_headers}
+    assert headers == {"content-type": "application/json", "x-extproc-decision-id": "d2"}
+    assert json.loads(imm.body)["error"] == {
+        "type": "invalid_request_error", "code": "unknown_workload", "message": "nothing matches",
+        "decision_id": "d2",
+    }
+
+
+def test_ext_authz_request_and_responses() -> None:
+    req = authz_pb.CheckRequest()
+    http = req.attributes.request.http
+    http.method, http.path, http.host = "POST", "/v1/embeddings", "gw:1"
+    http.headers.update({"content-type": "application/json", "x-extproc-class": "training",
+                         "x-extproc-other": "x", ":path": "/v1/embeddings"})
+    http.raw_body = b'{"model": "m"}'
+    facts, body, complete = ext_authz.request_facts(req, "authz")
+    assert (facts.method, facts.path, facts.host, body, complete) == ("POST", "/v1/embeddings", "gw", http.raw_body, True)
+    assert set(facts.stripped) == {"x-extproc-class", "x-extproc-other"}
+    ok = ext_authz.response(_allowed(), facts)
+    assert ok.status.code == 0
+    assert {h.header.key: h.header.value for h in ok.ok_response.headers}["x-extproc-upstream"] == "pool-a"
+    # A header we set is overwritten, never also removed (Envoy removes after setting).
+    assert list(ok.ok_response.headers_to_remove) == ["x-extproc-other"]
+    assert ok.ok_response.response_headers_to_add[0].header.value == "d1"
+    denied = ext_authz.response(deny("d3", Reason.INVALID_JSON, "bad"), facts)
+    assert denied.status.code == 7 and denied.denied_response.status.code == 400
+    assert json.loads(denied.denied_response.body)["error"]["code"] == "invalid_json"

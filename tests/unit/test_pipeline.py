@@ -1,0 +1,114 @@
+"""The request pipeline: classify → identify → route → Decision, from facts and a snapshot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from extproc.config.loader import load_file, parse
+from extproc.config.model import Snapshot
+from extproc.devstack.demo import DEMO_CONFIG
+from extproc.domain.classify import WorkloadClass
+from extproc.domain.facts import RequestFacts
+from extproc.domain.reasons import Reason
+from extproc.identity.base import NoAuthentication
+from extproc.pipeline import AwaitingBody, Pipeline
+
+
+class Fixed:
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.current = snapshot
+
+
+def pipeline(text: bytes | None = None) -> Pipeline:
+    config = parse(text, "test.yaml") if text else load_file(DEMO_CONFIG)
+    return Pipeline(Fixed(Snapshot(config)), NoAuthentication())
+
+
+def facts(method: str = "POST", path: str = "/v1/chat/completions", eos: bool = False,
+          listener: str = "default", **headers: str) -> RequestFacts:
+    return RequestFacts(method, path, "gw.local", dict(headers), eos, listener)
+
+
+async def decide(p: Pipeline, f: RequestFacts, body: object = None, raw: bytes | None = None,
+                 complete: bool = True):
+    out = await p.on_request_headers(f)
+    if isinstance(out, AwaitingBody):
+        data = raw if raw is not None else json.dumps(body).encode()
+        return await p.on_request_body(f, out, data, complete)
+    return out
+
+
+async def test_chat_request_is_routed_by_model() -> None:
+    p = pipeline()
+    mini = await decide(p, facts(), {"model": "gpt-4o-mini", "messages": []})
+    assert mini.allowed and mini.upstream == "pool-a" and mini.route == "gpt-4o-mini"
+    big = await decide(p, facts(), {"model": "gpt-4o", "messages": []})
+    assert big.allowed and big.upstream == "pool-b"
+    assert big.workload is WorkloadClass.INFERENCE and big.model == "gpt-4o"
+    assert big.tenant == "anonymous"
+    assert mini.decision_id != big.decision_id
+    assert ("x-extproc-upstream", "pool-b") in big.upstream_headers()
+
+
+async def test_headers_only_rule_decides_without_body() -> None:
+    out = await pipeline().on_request_headers(facts("POST", "/v1/files"))
+    assert not isinstance(out, AwaitingBody)
+    assert out.allowed and out.workload is WorkloadClass.TRAINING and out.upstream == "pool-b"
+
+
+async def test_unknown_is_denied_404_unless_listener_allows() -> None:
+    out = await pipeline().on_request_headers(facts("GET", "/admin/secret", eos=True))
+    assert not isinstance(out, AwaitingBody)
+    assert out.reason is Reason.UNKNOWN_WORKLOAD and out.status == 404
+    body = json.loads(out.error_body())
+    assert body["error"]["code"] == "unknown_workload"
+    assert body["error"]["decision_id"] == out.decision_id
+    assert "GET /admin/secret" in body["error"]["message"]
+
+    allowing = pipeline(b"""
+listeners: {internal: {unknown_requests: allow}}
+routing: {pools: [p], routes: [{id: all, pool: p}]}
+""")
+    out = await allowing.on_request_headers(facts("GET", "/admin/x", eos=True, listener="internal"))
+    assert not isinstance(out, AwaitingBody) and out.allowed and out.workload is WorkloadClass.UNKNOWN
+    out = await allowing.on_request_headers(facts("GET", "/admin/x", eos=True, listener="default"))
+    assert not isinstance(out, AwaitingBody) and out.reason is Reason.UNKNOWN_WORKLOAD
+
+
+async def test_no_route_is_a_clear_404() -> None:
+    p = pipeline(b"routing: {pools: [p], routes: [{model: only-this, pool: p}]}")
+    out = await decide(p, facts(), {"model": "gpt-4o"})
+    assert out.reason is Reason.NO_ROUTE and out.status == 404
+    assert "model=gpt-4o" in out.message
+
+
+async def test_oversized_or_truncated_body_is_413() -> None:
+    p = pipeline(b"request_body: {max_bytes: 100}\nrouting: {pools: [p], routes: [{pool: p}]}")
+    big = await decide(p, facts(), raw=b"{" + b" " * 200 + b"}")
+    assert big.reason is Reason.BODY_TOO_LARGE and big.status == 413
+    cut = await decide(p, facts(), raw=b'{"model": "x"', complete=False)
+    assert cut.reason is Reason.BODY_TOO_LARGE
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b'"string"', b"\xff\xfe", b'{"a": 1} trailing'])
+async def test_non_json_body_is_400(raw: bytes) -> None:
+    out = await decide(pipeline(), facts(), raw=raw)
+    assert out.reason is Reason.INVALID_JSON and out.status == 400
+    assert json.loads(out.error_body())["error"]["type"] == "invalid_request_error"
+
+
+async def test_empty_body_is_not_an_error() -> None:
+    out = await decide(pipeline(), facts(), raw=b"")
+    assert out.allowed and out.model is None and out.upstream == "pool-a"
+
+
+async def test_snapshot_is_fixed_for_the_request_across_phases() -> None:
+    holder = Fixed(Snapshot(load_file(DEMO_CONFIG)))
+    p = Pipeline(holder, NoAuthentication())
+    pending = await p.on_request_headers(facts())
+    assert isinstance(pending, AwaitingBody)
+    holder.current = Snapshot(parse(b"routing: {pools: [z], routes: [{pool: z}]}", "new.yaml"))
+    out = await p.on_request_body(facts(), pending, b'{"model": "gpt-4o"}', True)
+    assert out.upstream == "pool-b"  # decided with the snapshot the request started with
