@@ -24,6 +24,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_block(n: int) -> int:
+    """A base port such that base .. base+n-1 are all free (for --workers N)."""
+    for _ in range(50):
+        base = free_port()
+        socks = []
+        try:
+            for i in range(n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no block of {n} free ports")
+
+
 def envoy_binary() -> str:
     candidate = VENV_BIN / "envoy"
     return str(candidate) if candidate.exists() else "envoy"
@@ -61,7 +80,8 @@ class Child:
                                      stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
@@ -69,6 +89,8 @@ class Child:
             self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 15.0) -> int | None:
+        if self._log.closed:
+            return self.proc.returncode
         self.signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=timeout)

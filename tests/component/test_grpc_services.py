@@ -1,0 +1,207 @@
+"""The servicers over a real gRPC channel: ext_proc streams, ext_authz checks, health, admin HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import urllib.request
+
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2 as authz_pb
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from extproc.domain.facts import RequestFacts
+from extproc.domain.identity import Identity
+from extproc.pipeline import Pipeline
+from extproc.services.ext_proc import ExternalProcessorService
+from tests.support import free_port
+
+
+def headers(method: str, path: str, eos: bool = False, **extra: str) -> pb.ProcessingRequest:
+    pairs = [(":method", method), (":path", path), (":authority", "gw.local"), *extra.items()]
+    hv = [base_pb2.HeaderValue(key=k.replace("_", "-"), raw_value=v.encode()) for k, v in pairs]
+    return pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=hv),
+                                                               end_of_stream=eos))
+
+
+def body(data: bytes, eos: bool = True) -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(request_body=pb.HttpBody(body=data, end_of_stream=eos))
+
+
+def response_headers() -> pb.ProcessingRequest:
+    hv = [base_pb2.HeaderValue(key=":status", raw_value=b"200")]
+    return pb.ProcessingRequest(response_headers=pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=hv)))
+
+
+def set_headers(common: pb.CommonResponse) -> dict[str, str]:
+    return {h.header.key: h.header.raw_value.decode() for h in common.header_mutation.set_headers}
+
+
+async def test_ext_proc_stream_reads_body_then_routes(worker) -> None:
+    _, channel = worker
+    stub = external_processor_pb2_grpc.ExternalProcessorStub(channel)
+    call = stub.Process()
+    await call.write(headers("POST", "/v1/chat/completions", x_extproc_upstream="pool-b"))
+    first = await call.read()
+    assert first.WhichOneof("response") == "request_headers"
+    assert first.mode_override.request_body_mode == first.mode_override.BUFFERED_PARTIAL
+    await call.write(body(json.dumps({"model": "gpt-4o-mini", "messages": []}).encode()))
+    second = await call.read()
+    common = second.request_body.response
+    routed = set_headers(common)
+    assert routed["x-extproc-upstream"] == "pool-a"
+    assert common.clear_route_cache
+    await call.write(response_headers())
+    third = await call.read()
+    assert set_headers(third.response_headers.response)["x-extproc-decision-id"] == routed["x-extproc-decision-id"]
+    await call.done_writing()
+    assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_ext_proc_denial_is_immediate(worker) -> None:
+    _, channel = worker
+    call = external_processor_pb2_grpc.ExternalProcessorStub(channel).Process()
+    await call.write(headers("DELETE", "/internal/everything", eos=True))
+    resp = await call.read()
+    assert resp.immediate_response.status.code == 404
+    assert json.loads(resp.immediate_response.body)["error"]["code"] == "unknown_workload"
+    await call.done_writing()
+
+
+async def test_many_concurrent_streams(worker) -> None:
+    _, channel = worker
+    stub = external_processor_pb2_grpc.ExternalProcessorStub(channel)
+
+    async def one(i: int) -> str:
+        call = stub.Process()
+        await call.write(headers("POST", "/v1/chat/completions"))
+        await call.read()
+        model = "gpt-4o" if i % 2 else "gpt-4o-mini"
+        await call.write(body(json.dumps({"model": model}).encode()))
+        resp = await call.read()
+        await call.done_writing()
+        return set_headers(resp.request_body.response)["x-extproc-upstream"]
+
+    pools = await asyncio.gather(*(one(i) for i in range(200)))
+    assert pools.count("pool-a") == 100 and pools.count("pool-b") == 100
+
+
+async def test_cancelled_stream_is_a_normal_end(worker, caplog: pytest.LogCaptureFixture) -> None:
+    _, channel = worker
+    stub = external_processor_pb2_grpc.ExternalProcessorStub(channel)
+    caplog.set_level(logging.DEBUG)
+    for _ in range(20):
+        call = stub.Process()
+        await call.write(headers("POST", "/v1/chat/completions"))
+        await call.read()  # now the server waits for the body: cancel under it
+        call.cancel()
+    await asyncio.sleep(0.3)
+    problems = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert problems == []
+    # and the server still serves
+    call = stub.Process()
+    await call.write(headers("GET", "/v1/models", eos=True))
+    assert (await call.read()).request_headers.response.clear_route_cache
+
+
+async def test_pipeline_failure_answers_503_fail_closed(caplog: pytest.LogCaptureFixture) -> None:
+    class BrokenIdentity:
+        def authenticate(self, facts: RequestFacts) -> Identity:
+            raise RuntimeError("identity backend exploded")
+
+    from extproc.config.loader import load_file
+    from extproc.config.model import Snapshot
+    from extproc.devstack.demo import DEMO_CONFIG
+
+    class Holder:
+        current = Snapshot(load_file(DEMO_CONFIG))
+
+    server = grpc.aio.server()
+    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
+        ExternalProcessorService(Pipeline(Holder(), BrokenIdentity())), server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = external_processor_pb2_grpc.ExternalProcessorStub(channel).Process()
+            await call.write(headers("GET", "/v1/models", eos=True))
+            resp = await call.read()
+            assert resp.immediate_response.status.code == 503
+            assert json.loads(resp.immediate_response.body)["error"]["code"] == "internal_error"
+    finally:
+        await server.stop(None)
+    assert any("pipeline error" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+async def test_ext_authz_check(worker) -> None:
+    _, channel = worker
+    stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+    req = authz_pb.CheckRequest()
+    http = req.attributes.request.http
+    http.method, http.path, http.host, http.size = "POST", "/v1/chat/completions", "gw", 20
+    http.headers.update({"content-type": "application/json", "x-extproc-upstream": "evil"})
+    http.raw_body = b'{"model": "gpt-4o"}'
+    ok = await stub.Check(req)
+    assert ok.status.code == 0
+    assert {h.header.key: h.header.value for h in ok.ok_response.headers}["x-extproc-upstream"] == "pool-b"
+    http.path = "/nope"
+    denied = await stub.Check(req)
+    assert denied.denied_response.status.code == 404
+
+
+async def test_health_and_admin_http(worker) -> None:
+    w, channel = worker
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "envoy.service.ext_proc.v3.ExternalProcessor", "envoy.service.auth.v3.Authorization"):
+        resp = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    admin = w.settings.admin
+
+    def get(path: str) -> tuple[int, bytes]:
+        with urllib.request.urlopen(f"http://{admin}{path}", timeout=5) as r:
+            return r.status, r.read()
+
+    status, data = await asyncio.to_thread(get, "/readyz")
+    assert status == 200 and json.loads(data)["config"]["version"] == w.config.current.version
+    status, data = await asyncio.to_thread(get, "/metrics")
+    assert status == 200 and b"extproc_decisions_total" in data
+
+
+async def test_config_reload_is_live_and_bad_file_is_reported(worker) -> None:
+    w, channel = worker
+    path = w.settings.config_path
+    path.write_text(path.read_text().replace("{id: gpt-4o-mini, model: gpt-4o-mini, pool: pool-a}",
+                                             "{id: gpt-4o-mini, model: gpt-4o-mini, pool: pool-b}"))
+    stub = external_processor_pb2_grpc.ExternalProcessorStub(channel)
+
+    async def pool_for_mini() -> str:
+        call = stub.Process()
+        await call.write(headers("POST", "/v1/chat/completions"))
+        await call.read()
+        await call.write(body(b'{"model": "gpt-4o-mini"}'))
+        resp = await call.read()
+        await call.done_writing()
+        return set_headers(resp.request_body.response)["x-extproc-upstream"]
+
+    for _ in range(50):
+        if await pool_for_mini() == "pool-b":
+            break
+        await asyncio.sleep(0.1)
+    assert await pool_for_mini() == "pool-b"
+    good_version = w.config.current.version
+    path.write_text("routing: [this is not valid\n")
+    for _ in range(50):
+        if not w.config.status.healthy:
+            break
+        await asyncio.sleep(0.1)
+    assert not w.status()["config"]["healthy"]
+    assert "not valid YAML" in w.status()["config"]["last_error"]
+    assert w.config.current.version == good_version
+    assert await pool_for_mini() == "pool-b"

@@ -1,0 +1,156 @@
+"""A whole gateway on loopback for end-to-end tests: real Envoy, real sidecar process, demo pools."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from extproc.devstack.demo import DEMO_CONFIG
+from extproc.devstack.envoy_config import EnvoyPorts, render
+from extproc.devstack.upstream import DemoPool
+from tests.support import Child, envoy_binary, free_port, sidecar_command, wait_http
+
+
+class PoolsThread:
+    """The two demo pools, served from an event loop in a background thread."""
+
+    def __init__(self, ports: dict[str, int]) -> None:
+        self.ports = ports
+        self.loop = asyncio.new_event_loop()
+        self._runners: list[web.AppRunner] = []
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("demo pools did not start")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def start() -> None:
+            for name, port in self.ports.items():
+                runner = web.AppRunner(DemoPool(name).app(), access_log=None)
+                await runner.setup()
+                await web.TCPSite(runner, "127.0.0.1", port).start()
+                self._runners.append(runner)
+
+        self.loop.run_until_complete(start())
+        self._ready.set()
+        self.loop.run_forever()
+
+    def stop(self) -> None:
+        async def cleanup() -> None:
+            for runner in self._runners:
+                await runner.cleanup()
+
+        with contextlib.suppress(TimeoutError):
+            asyncio.run_coroutine_threadsafe(cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Stack:
+    dir: Path
+    ports: EnvoyPorts
+    sidecars: list[str]
+    config_path: Path
+    children: list[Child] = field(default_factory=list)
+    pools: PoolsThread | None = None
+
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+                port: int | None = None, raw: bytes | None = None) -> Response:
+        conn = http.client.HTTPConnection("127.0.0.1", port or self.ports.ext_proc, timeout=30)
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        hdrs = {"content-type": "application/json"} if data is not None else {}
+        hdrs.update(headers or {})
+        conn.request(method, path, body=data, headers=hdrs)
+        resp = conn.getresponse()
+        out = Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+        conn.close()
+        return out
+
+    def chat(self, model: str, port: int | None = None, **extra: Any) -> Response:
+        return self.request("POST", "/v1/chat/completions",
+                            {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra},
+                            port=port)
+
+    def access_log(self) -> list[dict[str, Any]]:
+        path = self.dir / "access.log"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        if self.pools:
+            self.pools.stop()
+
+
+def start_stack(tmp: Path, sidecar_uds: bool = False, config_text: str | None = None) -> Stack:
+    ports = EnvoyPorts(ext_proc=free_port(), ext_authz=free_port(), admin=free_port(),
+                       pool_a=free_port(), pool_b=free_port())
+    # The policy file is a ConfigMap-style symlink so tests can swap it atomically.
+    data_dir = tmp / "..v1"
+    data_dir.mkdir()
+    (data_dir / "policy.yaml").write_text(config_text or DEMO_CONFIG.read_text())
+    os.symlink("..v1", tmp / "..data")
+    config_path = tmp / "policy.yaml"
+    os.symlink("..data/policy.yaml", config_path)
+    sidecar = f"unix:{tmp / 'extproc.sock'}" if sidecar_uds else f"127.0.0.1:{free_port()}"
+    admin = f"127.0.0.1:{free_port()}"
+    stack = Stack(tmp, ports, [sidecar], config_path)
+    try:
+        stack.pools = PoolsThread({"pool-a": ports.pool_a, "pool-b": ports.pool_b})
+        sc = Child("sidecar", sidecar_command(config_path, [sidecar], admin, "--drain-seconds", "1"), tmp)
+        stack.children.append(sc)
+        wait_http(f"http://{admin}/readyz", proc=sc.proc)
+        envoy_yaml = tmp / "envoy.yaml"
+        envoy_yaml.write_text(render(stack.sidecars, ports, access_log_path=str(tmp / "access.log"),
+                                     buffer_limit_bytes=(1 << 20) + (64 << 10)))
+        env = Child("envoy", [envoy_binary(), "-c", str(envoy_yaml), "--log-level", "warn",
+                              "--base-id", str(ports.admin), "--drain-time-s", "1"], tmp)
+        stack.children.append(env)
+        wait_http(f"http://127.0.0.1:{ports.admin}/ready", proc=env.proc)
+        # Ready means listening; wait until a request really passes the sidecar.
+        deadline = time.monotonic() + 20
+        while stack.request("GET", "/v1/models").status != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError("gateway did not route a request in 20s")
+            time.sleep(0.1)
+        stack.sidecar_admin = admin  # type: ignore[attr-defined]
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def swap_config(stack: Stack, text: str, version: int) -> None:
+    """Replace the policy the way a Kubernetes ConfigMap update does (atomic symlink swap)."""
+    new_dir = stack.dir / f"..v{version}"
+    new_dir.mkdir()
+    (new_dir / "policy.yaml").write_text(text)
+    tmp_link = stack.dir / "..data_tmp"
+    os.symlink(new_dir.name, tmp_link)
+    os.replace(tmp_link, stack.dir / "..data")

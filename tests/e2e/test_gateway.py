@@ -1,0 +1,206 @@
+"""Through a real Envoy: routing, denial shape, header stripping, body limits, SSE, ext_authz, reload."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from extproc.devstack.demo import DEMO_CONFIG
+from extproc.devstack.envoy_config import render
+from tests.e2e.stack import Stack, start_stack, swap_config
+from tests.support import envoy_binary
+
+pytestmark = pytest.mark.e2e
+
+
+def upstream_saw(resp) -> dict[str, str]:
+    return json.loads(resp.headers["x-demo-extproc-headers"])
+
+
+@pytest.mark.parametrize("listener", ["ext_proc", "ext_authz"])
+def test_models_are_routed_to_their_pools(stack: Stack, listener: str) -> None:
+    port = stack.ports.ext_proc if listener == "ext_proc" else stack.ports.ext_authz
+    mini = stack.chat("gpt-4o-mini", port=port)
+    assert mini.status == 200, mini.body
+    assert mini.headers["x-demo-pool"] == "pool-a"
+    big = stack.chat("gpt-4o", port=port)
+    assert big.status == 200 and big.headers["x-demo-pool"] == "pool-b"
+    assert big.json()["usage"]["total_tokens"] > 0
+    seen = upstream_saw(big)
+    assert seen["x-extproc-upstream"] == "pool-b"
+    assert seen["x-extproc-class"] == "inference"
+    assert seen["x-extproc-model"] == "gpt-4o"
+    assert seen["x-extproc-tenant"] == "anonymous"
+    # The client sees the same decision id the upstream got.
+    assert big.headers["x-extproc-decision-id"] == seen["x-extproc-decision-id"]
+
+
+@pytest.mark.parametrize("listener", ["ext_proc", "ext_authz"])
+def test_client_supplied_internal_headers_are_stripped(stack: Stack, listener: str) -> None:
+    port = stack.ports.ext_proc if listener == "ext_proc" else stack.ports.ext_authz
+    resp = stack.request(
+        "POST", "/v1/chat/completions", {"model": "gpt-4o-mini"}, port=port,
+        headers={"x-extproc-upstream": "pool-b", "x-extproc-tenant": "someone-else",
+                 "x-extproc-debug": "1", "X-ExtProc-Class": "training"},
+    )
+    assert resp.status == 200
+    assert resp.headers["x-demo-pool"] == "pool-a"
+    seen = upstream_saw(resp)
+    assert seen["x-extproc-tenant"] == "anonymous"
+    assert seen["x-extproc-class"] == "inference"
+    assert "x-extproc-debug" not in seen
+
+
+@pytest.mark.parametrize("listener", ["ext_proc", "ext_authz"])
+def test_denial_shape(stack: Stack, listener: str) -> None:
+    port = stack.ports.ext_proc if listener == "ext_proc" else stack.ports.ext_authz
+    resp = stack.request("GET", "/internal/admin", port=port)
+    assert resp.status == 404
+    assert resp.headers["content-type"] == "application/json"
+    error = resp.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["code"] == "unknown_workload"
+    assert "GET /internal/admin" in error["message"]
+    assert error["decision_id"] == resp.headers["x-extproc-decision-id"]
+
+
+def test_body_is_read_only_when_needed_and_headers_only_requests_route(stack: Stack) -> None:
+    models = stack.request("GET", "/v1/models")
+    assert models.status == 200 and models.headers["x-demo-pool"] == "pool-a"
+    files = stack.request("POST", "/v1/files", raw=b"--not-json-multipart--",
+                          headers={"content-type": "multipart/form-data; boundary=x"})
+    assert files.status == 200 and files.headers["x-demo-pool"] == "pool-b"
+    assert upstream_saw(files)["x-extproc-class"] == "training"
+
+
+@pytest.mark.parametrize("listener", ["ext_proc", "ext_authz"])
+def test_body_limits_and_bad_json(stack: Stack, listener: str) -> None:
+    port = stack.ports.ext_proc if listener == "ext_proc" else stack.ports.ext_authz
+    just_over = b'{"model": "gpt-4o", "pad": "' + b"x" * (1 << 20) + b'"}'
+    big = stack.request("POST", "/v1/chat/completions", raw=just_over, port=port)
+    assert big.status == 413
+    assert big.json()["error"]["code"] == "body_too_large"
+    assert big.headers["x-extproc-decision-id"] == big.json()["error"]["decision_id"]
+    way_over = b"x" * (3 << 20)  # beyond Envoy's buffer limit too: cut and still our 413
+    huge = stack.request("POST", "/v1/chat/completions", raw=way_over, port=port)
+    assert huge.status == 413 and huge.json()["error"]["code"] == "body_too_large"
+    bad = stack.request("POST", "/v1/chat/completions", raw=b'{"model": ', port=port)
+    assert bad.status == 400 and bad.json()["error"]["code"] == "invalid_json"
+    not_object = stack.request("POST", "/v1/chat/completions", raw=b"[1,2]", port=port)
+    assert not_object.status == 400
+    under = b'{"model": "gpt-4o", "pad": "' + b"x" * ((1 << 20) - 100) + b'"}'
+    ok = stack.request("POST", "/v1/chat/completions", raw=under, port=port)
+    assert ok.status == 200 and ok.headers["x-demo-pool"] == "pool-b"
+
+
+def test_sse_streams_through_unbuffered(stack: Stack) -> None:
+    """The first event reaches the client while the upstream is still holding the rest back."""
+    conn = http.client.HTTPConnection("127.0.0.1", stack.ports.ext_proc, timeout=10)
+    body = json.dumps({"model": "gpt-4o", "stream": True, "messages": []})
+    conn.request("POST", "/v1/chat/completions", body=body,
+                 headers={"content-type": "application/json", "x-demo-hold": "sse-1"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.getheader("content-type") == "text/event-stream"
+    assert resp.getheader("x-extproc-decision-id")
+    first = resp.readline()  # blocks until the first event arrives (10 s socket timeout)
+    assert first.startswith(b"data: ")
+    assert json.loads(first[6:])["choices"][0]["delta"]["content"] == "Hello "
+    urllib.request.urlopen(urllib.request.Request(
+        f"http://127.0.0.1:{stack.ports.pool_b}/__demo/release/sse-1", method="POST"), timeout=5).read()
+    rest = resp.read()
+    assert rest.rstrip().endswith(b"data: [DONE]")
+    assert b'"usage"' in rest
+    conn.close()
+
+
+def test_dynamic_metadata_reaches_the_access_log(stack: Stack) -> None:
+    resp = stack.chat("gpt-4o-mini")
+    decision_id = resp.headers["x-extproc-decision-id"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        entries = [e for e in stack.access_log() if e.get("decision_id") == decision_id]
+        if entries:
+            break
+        time.sleep(0.2)
+    assert entries, "access log entry with the decision id"
+    entry = entries[0]
+    assert (entry["tenant"], entry["class"], entry["model"], entry["route"], entry["upstream_cluster"]) == (
+        "anonymous", "inference", "gpt-4o-mini", "gpt-4o-mini", "pool-a")
+
+
+def test_concurrent_requests_all_routed(stack: Stack) -> None:
+    results: list[tuple[str, str]] = []
+
+    def worker(i: int) -> None:
+        model = "gpt-4o" if i % 2 else "gpt-4o-mini"
+        r = stack.chat(model)
+        results.append((model, r.headers.get("x-demo-pool", str(r.status))))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(60)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 60
+    assert all(pool == ("pool-b" if model == "gpt-4o" else "pool-a") for model, pool in results)
+
+
+def test_config_reload_changes_routing_and_bad_config_keeps_last_good(stack: Stack) -> None:
+    admin = stack.sidecar_admin  # type: ignore[attr-defined]
+    moved = DEMO_CONFIG.read_text().replace("{id: gpt-4o-mini, model: gpt-4o-mini, pool: pool-a}",
+                                            "{id: gpt-4o-mini, model: gpt-4o-mini, pool: pool-b}")
+    swap_config(stack, moved, 2)
+    deadline = time.monotonic() + 10
+    while stack.chat("gpt-4o-mini").headers["x-demo-pool"] != "pool-b":
+        assert time.monotonic() < deadline, "reload not picked up"
+        time.sleep(0.2)
+    swap_config(stack, "routing: {pools: [pool-a], routes: [{pool: pool-zzz}]}\n", 3)
+    deadline = time.monotonic() + 10
+    while True:
+        with urllib.request.urlopen(f"http://{admin}/status") as r:
+            status = json.loads(r.read())
+        if not status["config"]["healthy"]:
+            break
+        assert time.monotonic() < deadline, "bad config not noticed"
+        time.sleep(0.2)
+    assert "unknown pool 'pool-zzz'" in status["config"]["last_error"]
+    assert stack.chat("gpt-4o-mini").headers["x-demo-pool"] == "pool-b"  # last good still serves
+    swap_config(stack, DEMO_CONFIG.read_text(), 4)
+    deadline = time.monotonic() + 10
+    while stack.chat("gpt-4o-mini").headers["x-demo-pool"] != "pool-a":
+        assert time.monotonic() < deadline, "recovery reload not picked up"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("sidecars", [["127.0.0.1:50051"], ["127.0.0.1:50051", "127.0.0.1:50052"],
+                                      ["unix:/run/extproc/ext-0.sock", "unix:/run/extproc/ext-1.sock"]])
+def test_envoy_config_validates(tmp_path: Path, sidecars: list[str]) -> None:
+    path = tmp_path / "envoy.yaml"
+    path.write_text(render(sidecars))
+    out = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "OK" in out.stdout
+
+
+def test_sidecar_over_unix_socket_and_fail_closed_when_it_dies(fresh_dir: Path) -> None:
+    s = start_stack(fresh_dir, sidecar_uds=True)
+    try:
+        assert s.chat("gpt-4o").headers["x-demo-pool"] == "pool-b"
+        sidecar = s.children[0]
+        sidecar.stop()
+        resp = s.chat("gpt-4o")
+        assert resp.status == 503  # fail closed: never an unchecked request
+        assert "x-demo-pool" not in resp.headers
+        authz = s.chat("gpt-4o", port=s.ports.ext_authz)
+        assert authz.status == 503 and "x-demo-pool" not in authz.headers
+    finally:
+        s.stop()
