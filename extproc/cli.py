@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--config", default=None, help="policy YAML (default: the demo config)")
     d.add_argument("--workers", type=int, default=1)
     d.add_argument("--run-dir", default=".run", help="logs and rendered Envoy config")
+    d.add_argument("--port-offset", type=int, default=0,
+                   help="move every demo port by N (e.g. 1000: Envoy on 9080)")
 
     e = sub.add_parser("envoy-config", help="render envoy/gateway.yaml for given sidecar endpoints")
     e.add_argument("--sidecar", action="append", required=True, help="HOST:PORT or unix:/path")
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         config = Path(args.config) if args.config else DEMO_CONFIG
         if _check_config(str(config), quiet=True) != 0:
             return 2
-        return asyncio.run(run_demo(DemoPorts(), Path(args.run_dir), config, args.workers))
+        return asyncio.run(run_demo(DemoPorts().shifted(args.port_offset), Path(args.run_dir), config,
+                                    args.workers))
     if args.command == "envoy-config":
         from extproc.devstack.envoy_config import render
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,28 +19,38 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
+_LOW, _HIGH = 20000, 32000  # below the kernel's ephemeral range (32768+)
+_handed_out: set[int] = set()
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A free loopback port outside the ephemeral range, so outgoing connections cannot take it
+    between now and the moment a server binds it; never the same one twice in a test run."""
+    for _ in range(1000):
+        port = random.randint(_LOW, _HIGH)
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free port")
 
 
 def free_port_block(n: int) -> int:
     """A base port such that base .. base+n-1 are all free (for --workers N)."""
-    for _ in range(50):
-        base = free_port()
-        socks = []
-        try:
-            for i in range(n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", base + i))
+    for _ in range(200):
+        base = random.randint(_LOW, _HIGH - n)
+        block = range(base, base + n)
+        if not _handed_out.intersection(block) and all(_bindable(p) for p in block):
+            _handed_out.update(block)
             return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
     raise RuntimeError(f"no block of {n} free ports")
 
 

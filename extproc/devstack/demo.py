@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +36,32 @@ class DemoPorts:
     sidecar_admin: int = 9464
     issuer: int = 9400
     redis: int = 6390
+
+    def shifted(self, offset: int) -> DemoPorts:
+        """Every port moved by ``offset`` (to run beside something that holds the defaults)."""
+        e = self.envoy
+        return DemoPorts(
+            EnvoyPorts(e.ext_proc + offset, e.ext_authz + offset, e.admin + offset,
+                       e.pool_a + offset, e.pool_b + offset),
+            self.sidecar + offset, self.sidecar_admin + offset, self.issuer + offset,
+            self.redis + offset,
+        )
+
+    def all(self, workers: int = 1) -> list[int]:
+        e = self.envoy
+        return [e.ext_proc, e.ext_authz, e.admin, e.pool_a, e.pool_b, self.issuer, self.redis,
+                *range(self.sidecar, self.sidecar + workers),
+                *range(self.sidecar_admin, self.sidecar_admin + workers)]
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 class Demo:
@@ -124,6 +151,7 @@ class Demo:
 
     def banner(self) -> str:
         e = self.ports.envoy
+        issuer_flag = "" if self.ports.issuer == 9400 else f" --issuer http://127.0.0.1:{self.ports.issuer}"
         return f"""
 extproc demo is running (logs in {self.run_dir}/).
 
@@ -136,7 +164,7 @@ extproc demo is running (logs in {self.run_dir}/).
   demo pools                 pool-a :{e.pool_a}   pool-b :{e.pool_b}
 
 Try:
-  TOKEN=$(.venv/bin/extproc token --tenant acme)
+  TOKEN=$(.venv/bin/extproc token --tenant acme{issuer_flag})
   curl -si http://127.0.0.1:{e.ext_proc}/v1/chat/completions -H "authorization: Bearer $TOKEN" \\
        -H 'content-type: application/json' \\
        -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"hi"}}]}}'
@@ -148,6 +176,11 @@ Ctrl-C stops everything.
 
 
 async def run_demo(ports: DemoPorts, run_dir: Path, config: Path, workers: int) -> int:
+    busy = [p for p in ports.all(workers) if _port_in_use(p)]
+    if busy:
+        print(f"extproc demo: ports already in use: {', '.join(map(str, busy))}. Stop what holds "
+              "them (another demo?) or move every demo port with --port-offset N.", file=sys.stderr)
+        return 1
     demo = Demo(ports, run_dir, config, workers, default_state_dir())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

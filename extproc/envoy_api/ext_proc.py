@@ -44,12 +44,19 @@ def _strip_mutation(facts: RequestFacts) -> pb.HeaderMutation:
 
 
 def read_body(facts: RequestFacts) -> pb.ProcessingResponse:
-    """Continue the headers (stripped of internal ones) and ask Envoy for the body."""
+    """Continue the headers (stripped of internal ones) and ask Envoy for the body.
+
+    The route cache is cleared here already. When the body arrives after this
+    answer, Envoy (1.40, BUFFERED_PARTIAL) re-injects it and lets the router pick
+    its route before it clears the cache for our body response; a route cached
+    at request-headers time (no ``x-extproc-upstream`` yet) would then win and
+    the request fail with ``cluster_not_found``. Envoy ignores
+    ``clear_route_cache`` without a header mutation, so one is always present.
+    """
+    common = pb.CommonResponse(clear_route_cache=True)
+    common.header_mutation.CopyFrom(_strip_mutation(facts))
     return pb.ProcessingResponse(
-        request_headers=pb.HeadersResponse(
-            response=pb.CommonResponse(header_mutation=_strip_mutation(facts))
-        ),
-        mode_override=_READ_BODY_MODE,
+        request_headers=pb.HeadersResponse(response=common), mode_override=_READ_BODY_MODE
     )
 
 

@@ -69,6 +69,9 @@ def test_read_body_asks_for_buffered_partial() -> None:
     assert resp.HasField("mode_override")
     assert resp.mode_override.request_body_mode == resp.mode_override.BUFFERED_PARTIAL
     assert resp.mode_override.response_header_mode == resp.mode_override.SEND
+    # Cleared already here (see read_body): a body that arrives late must not meet a stale route.
+    common = resp.request_headers.response
+    assert common.clear_route_cache and common.HasField("header_mutation")
 
 
 def test_denial_is_an_immediate_response_with_json() -> None:
