@@ -20,11 +20,10 @@ from typing import Any
 
 import grpc
 from aiohttp import web
-from envoy.service.auth.v3 import external_auth_pb2_grpc
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extproc.config.reloader import ConfigHolder
+from extproc.envoy_api import ext_authz, ext_proc
 from extproc.identity.base import NoAuthentication
 from extproc.pipeline import Pipeline
 from extproc.services.admin_http import build_admin_app
@@ -34,11 +33,7 @@ from extproc.settings import Settings, split_host_port
 
 log = logging.getLogger("extproc.app")
 
-SERVICE_NAMES = (
-    "envoy.service.ext_proc.v3.ExternalProcessor",
-    "envoy.service.auth.v3.Authorization",
-    "",
-)
+SERVICE_NAMES = (ext_proc.SERVICE_NAME, ext_authz.SERVICE_NAME, "")
 
 _GRPC_OPTIONS = [
     # Envoy keeps few long-lived HTTP/2 connections and pings them (cluster
@@ -78,12 +73,8 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         server = grpc.aio.server(options=_GRPC_OPTIONS)
-        external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
-            ExternalProcessorService(self.pipeline), server
-        )
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-            AuthorizationService(self.pipeline), server
-        )
+        ext_proc.add_to_server(ExternalProcessorService(self.pipeline), server)
+        ext_authz.add_to_server(AuthorizationService(self.pipeline), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for address in self.settings.listen:
             if address.startswith("unix:"):

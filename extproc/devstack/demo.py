@@ -54,7 +54,8 @@ class DemoPorts:
                 *range(self.sidecar_admin, self.sidecar_admin + workers)]
 
 
-def _port_in_use(port: int) -> bool:
+def port_in_use(port: int) -> bool:
+    """True when something listens on 127.0.0.1:port (a port in TIME_WAIT counts as free)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -176,7 +177,7 @@ Ctrl-C stops everything.
 
 
 async def run_demo(ports: DemoPorts, run_dir: Path, config: Path, workers: int) -> int:
-    busy = [p for p in ports.all(workers) if _port_in_use(p)]
+    busy = [p for p in ports.all(workers) if port_in_use(p)]
     if busy:
         print(f"extproc demo: ports already in use: {', '.join(map(str, busy))}. Stop what holds "
               "them (another demo?) or move every demo port with --port-offset N.", file=sys.stderr)

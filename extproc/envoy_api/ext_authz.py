@@ -7,6 +7,7 @@ ext_authz is the unary path: Envoy sends the body only if the filter has
 from __future__ import annotations
 
 from envoy.service.auth.v3 import external_auth_pb2 as pb
+from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
@@ -17,6 +18,9 @@ from extproc.envoy_api.headers import facts_from_pairs, header_option, removals
 
 CheckRequest = pb.CheckRequest
 CheckResponse = pb.CheckResponse
+Servicer = pb_grpc.AuthorizationServicer
+add_to_server = pb_grpc.add_AuthorizationServicer_to_server
+SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 
 _OK = 0
 _PERMISSION_DENIED = 7

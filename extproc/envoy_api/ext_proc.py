@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
@@ -13,6 +14,9 @@ from extproc.envoy_api.headers import facts_from_pairs, header_option, header_va
 
 ProcessingRequest = pb.ProcessingRequest
 ProcessingResponse = pb.ProcessingResponse
+Servicer = pb_grpc.ExternalProcessorServicer
+add_to_server = pb_grpc.add_ExternalProcessorServicer_to_server
+SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 #: Namespace of the dynamic metadata we emit (``%DYNAMIC_METADATA(extproc:tenant)%``).
 METADATA_NAMESPACE = "extproc"

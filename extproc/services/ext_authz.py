@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import grpc
-from envoy.service.auth.v3 import external_auth_pb2_grpc
 
 from extproc.envoy_api import ext_authz as codec
 from extproc.pipeline import AwaitingBody, Pipeline
@@ -15,7 +14,7 @@ from extproc.telemetry.decisions import DecisionObserver
 _ADAPTER = "ext_authz"
 
 
-class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+class AuthorizationService(codec.Servicer):  # type: ignore[misc]
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
         self._observer = DecisionObserver(_ADAPTER)

@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import grpc
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 
 from extproc.domain.decision import Decision
 from extproc.domain.facts import RequestFacts
@@ -18,7 +17,7 @@ from extproc.telemetry.decisions import DecisionObserver
 _ADAPTER = "ext_proc"
 
 
-class ExternalProcessorService(external_processor_pb2_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
         self._observer = DecisionObserver(_ADAPTER)

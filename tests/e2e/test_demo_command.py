@@ -15,20 +15,14 @@ from pathlib import Path
 import pytest
 from jose import jwt
 
-from extproc.devstack.demo import DemoPorts
+from extproc.devstack.demo import DemoPorts, port_in_use
 from tests.support import wait_http
 
 pytestmark = pytest.mark.e2e
 
 
 def _free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    return not port_in_use(port)
 
 
 def _offset() -> int:
