@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extproc.config.reloader import ConfigHolder
 from extproc.envoy_api import ext_authz, ext_proc
-from extproc.identity.base import NoAuthentication
+from extproc.identity.authenticator import JwtAuthenticator
 from extproc.pipeline import Pipeline
 from extproc.services.admin_http import build_admin_app
 from extproc.services.ext_authz import AuthorizationService
@@ -50,7 +50,8 @@ class Worker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.config = ConfigHolder(settings.config_path)
-        self.pipeline = Pipeline(self.config, NoAuthentication())
+        self.identity = JwtAuthenticator()
+        self.pipeline = Pipeline(self.config, self.identity)
         self.health = health.aio.HealthServicer()
         self.serving = False
         self.started_at = time.time()
@@ -69,6 +70,7 @@ class Worker:
                 "last_error": st.last_error,
                 "last_error_at": st.last_error_at,
             },
+            "issuers": self.identity.status(),
         }
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -81,6 +83,9 @@ class Worker:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(address[len("unix:"):])
             server.add_insecure_port(address)
+        # Issuer keys are fetched in the background; new issuers on reload too.
+        self.identity.configure(self.config.current.config.issuers)
+        self.config.on_swap = lambda snap: self.identity.configure(snap.config.issuers)
         admin = await self._start_admin()
         await server.start()
         for name in SERVICE_NAMES:
@@ -101,6 +106,7 @@ class Worker:
             await asyncio.sleep(self.settings.shutdown_delay)
         await server.stop(grace=self.settings.drain_seconds)
         watcher.cancel()
+        await self.identity.close()
         if admin is not None:
             await admin.cleanup()
         log.info("stopped")

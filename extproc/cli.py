@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--scope", action="append", help="repeatable (default: inference)")
     t.add_argument("--ttl", type=_ttl, default=3600, help="lifetime: 3600, 90s, 15m, 1h")
     t.add_argument("--issuer", default="http://127.0.0.1:9400")
+    t.add_argument("--subject", default=None, help="sub claim (default user@TENANT)")
 
     d = sub.add_parser("demo", help="run the whole gateway locally (what `make run` does)")
     d.add_argument("--config", default=None, help="policy YAML (default: the demo config)")
@@ -55,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--run-dir", default=".run", help="logs and rendered Envoy config")
     d.add_argument("--port-offset", type=int, default=0,
                    help="move every demo port by N (e.g. 1000: Envoy on 9080)")
+    d.add_argument("--rotate-keys-every", type=_ttl, default=3600,
+                   help="demo issuer key rotation period (also: POST http://127.0.0.1:9400/rotate)")
 
     e = sub.add_parser("envoy-config", help="render envoy/gateway.yaml for given sidecar endpoints")
     e.add_argument("--sidecar", action="append", required=True, help="HOST:PORT or unix:/path")
@@ -68,11 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         return _check_config(args.file)
     if args.command == "token":
-        from extproc.devstack.keys import default_state_dir, load_or_create_key, mint_token
+        from extproc.devstack.keys import KeyStore, default_state_dir, mint_token
 
-        key = load_or_create_key(default_state_dir())
+        key = KeyStore(default_state_dir()).current()
         scopes = tuple(args.scope or ["inference"])
-        print(mint_token(key, args.tenant, args.plan, scopes, args.ttl, args.issuer))
+        print(mint_token(key, args.tenant, args.plan, scopes, args.ttl, args.issuer, args.subject))
         return 0
     if args.command == "demo":
         from extproc.devstack.demo import DEMO_CONFIG, DemoPorts, run_demo
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         if _check_config(str(config), quiet=True) != 0:
             return 2
         return asyncio.run(run_demo(DemoPorts().shifted(args.port_offset), Path(args.run_dir), config,
-                                    args.workers))
+                                    args.workers, args.rotate_keys_every))
     if args.command == "envoy-config":
         from extproc.devstack.envoy_config import render
 
@@ -91,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_config(path: str, quiet: bool = False) -> int:
-    from extproc.config.loader import ConfigError, load_file
+    from extproc.config.loader import load_file
+    from extproc.config.reader import ConfigError
 
     try:
         config = load_file(path)

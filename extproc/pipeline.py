@@ -1,8 +1,10 @@
-"""The hot path, top to bottom: classify → identify → (authorize, quota) → route → Decision.
+"""The hot path, top to bottom: identify → classify → authorize → (quota) → route → Decision.
 
-Pure policy steps over the facts Envoy sent and the current config snapshot. The
+Policy steps over the facts Envoy sent and the current config snapshot. The
 gRPC adapters (``services/``) call ``on_request_headers`` and, when the deciding
-rule needs the body, ``on_request_body``. Nothing here blocks the event loop.
+rule needs the body, ``on_request_body``. Identity comes first, on the headers,
+so an unauthenticated request is refused before its body is ever buffered.
+Nothing here blocks the event loop.
 """
 
 from __future__ import annotations
@@ -11,13 +13,17 @@ import json
 from dataclasses import dataclass
 from typing import Protocol
 
-from extproc.config.model import Snapshot, UnknownAction
+from extproc.config.model import AuthMode, ListenerPolicy, Snapshot, UnknownAction
+from extproc.domain.authorize import authorize
 from extproc.domain.classify import NEEDS_BODY, Classification, WorkloadClass
 from extproc.domain.decision import Decision, allow, deny
 from extproc.domain.facts import RequestFacts
+from extproc.domain.identity import ANONYMOUS, Identity
 from extproc.domain.ids import new_decision_id
 from extproc.domain.reasons import Reason
+from extproc.identity.authenticator import IdentityUnavailable
 from extproc.identity.base import Authenticator
+from extproc.identity.tokens import TokenError
 
 
 class SnapshotSource(Protocol):
@@ -33,6 +39,7 @@ class AwaitingBody:
 
     snapshot: Snapshot
     decision_id: str
+    identity: Identity
 
 
 class Pipeline:
@@ -43,18 +50,23 @@ class Pipeline:
     async def on_request_headers(self, facts: RequestFacts) -> Decision | AwaitingBody:
         snapshot = self._config.current
         decision_id = new_decision_id()
+        # 1. Identity: only ever from a verified credential.
+        identity = await self._identify(decision_id, snapshot.listener(facts.listener), facts)
+        if isinstance(identity, Decision):
+            return identity
+        # 2. Classification, from the head alone unless the matching rule needs the body.
         cls = snapshot.classifier.classify_headers(
             facts.method, facts.path, facts.host, facts.headers, not facts.end_of_stream
         )
         if cls is NEEDS_BODY:
-            return AwaitingBody(snapshot, decision_id)
+            return AwaitingBody(snapshot, decision_id, identity)
         assert isinstance(cls, Classification)
-        return self._decide(snapshot, decision_id, facts, cls)
+        return self._decide(snapshot, decision_id, facts, identity, cls)
 
     async def on_request_body(
         self, facts: RequestFacts, pending: AwaitingBody, raw: bytes, complete: bool
     ) -> Decision:
-        snapshot, decision_id = pending.snapshot, pending.decision_id
+        snapshot, decision_id, identity = pending.snapshot, pending.decision_id, pending.identity
         limit = snapshot.max_body_bytes
         if not complete or len(raw) > limit:
             return deny(decision_id, Reason.BODY_TOO_LARGE,
@@ -68,21 +80,42 @@ class Pipeline:
             if not isinstance(body, dict):
                 return deny(decision_id, Reason.INVALID_JSON, "request body must be a JSON object")
         cls = snapshot.classifier.classify(facts.method, facts.path, facts.host, facts.headers, body)
-        return self._decide(snapshot, decision_id, facts, cls)
+        return self._decide(snapshot, decision_id, facts, identity, cls)
+
+    async def _identify(
+        self, decision_id: str, listener: ListenerPolicy, facts: RequestFacts
+    ) -> Identity | Decision:
+        authorization = facts.headers.get("authorization")
+        if listener.authentication is AuthMode.NONE or (
+            listener.authentication is AuthMode.OPTIONAL and authorization is None
+        ):
+            return ANONYMOUS
+        try:
+            return await self._authenticator.authenticate(authorization)
+        except TokenError as exc:
+            return deny(decision_id, exc.reason, exc.description,
+                        headers=(("www-authenticate", _www_authenticate(exc)),))
+        except IdentityUnavailable as exc:
+            return deny(decision_id, Reason.IDENTITY_PROVIDER_UNAVAILABLE,
+                        f"cannot verify tokens right now: {exc}")
 
     def _decide(
-        self, snapshot: Snapshot, decision_id: str, facts: RequestFacts, cls: Classification
+        self, snapshot: Snapshot, decision_id: str, facts: RequestFacts, identity: Identity,
+        cls: Classification,
     ) -> Decision:
-        # 1. Classification: unknown work is refused unless this listener allows it.
+        # 3. Unknown work is refused unless this listener allows it.
         if (
             cls.workload is WorkloadClass.UNKNOWN
             and snapshot.listener(facts.listener).unknown_requests is UnknownAction.DENY
         ):
             return deny(decision_id, Reason.UNKNOWN_WORKLOAD,
-                        f"no classification rule matches {facts.method} {facts.path}", cls)
-        # 2. Identity: only ever from a verified credential.
-        identity = self._authenticator.authenticate(facts)
-        # 3. Route: the first matching table entry names the upstream pool.
+                        f"no classification rule matches {facts.method} {facts.path}", cls, identity)
+        # 4. Authorization: every access rule that applies must pass (403 otherwise).
+        refusal = authorize(snapshot.access, identity, cls, facts.listener)
+        if refusal is not None:
+            return deny(decision_id, refusal.reason, refusal.message, cls, identity, policy=refusal.rule)
+        # 5. Quota admission arrives with the quota issue (one Redis round trip here).
+        # 6. Route: the first matching table entry names the upstream pool.
         entry = snapshot.routes.lookup(cls.workload, cls.model, identity.tenant)
         if entry is None:
             return deny(
@@ -90,3 +123,13 @@ class Pipeline:
                 f"no route for class={cls.workload.value} model={cls.model or '-'}", cls, identity,
             )
         return allow(decision_id, cls, identity, entry.pool, entry.id)
+
+
+def _www_authenticate(exc: TokenError) -> str:
+    """RFC 6750 challenge. No error code when no credential was sent at all."""
+    if exc.reason is Reason.MISSING_CREDENTIALS:
+        return 'Bearer realm="extproc"'
+    code = "invalid_request" if exc.reason is Reason.INVALID_AUTHORIZATION_HEADER else "invalid_token"
+    # Descriptions are our own fixed texts; keep the quoted-string safe anyway.
+    description = exc.description.replace("\\", "").replace('"', "'")
+    return f'Bearer realm="extproc", error="{code}", error_description="{description}"'

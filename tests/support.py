@@ -128,3 +128,28 @@ def sidecar_command(config: Path, listen: list[str], admin: str | None, *extra: 
         cmd += ["--listen", address]
     cmd += ["--admin", admin] if admin else ["--no-admin"]
     return cmd + list(extra)
+
+
+def route_pool(policy_text: str, route_id: str, pool: str) -> str:
+    """The policy with routing entry ``route_id`` sent to ``pool``."""
+    import yaml
+
+    doc = yaml.safe_load(policy_text)
+    for route in doc["routing"]["routes"]:
+        if route.get("id") == route_id:
+            route["pool"] = pool
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def open_policy_text() -> str:
+    """The demo policy without identity: for tests of the layers that do not involve tokens."""
+    import yaml
+
+    from extproc.devstack.demo import DEMO_CONFIG
+
+    doc = yaml.safe_load(DEMO_CONFIG.read_text())
+    doc.pop("identity", None)
+    doc.pop("access", None)
+    for listener in doc.get("listeners", {}).values():
+        listener["authentication"] = "none"
+    return yaml.safe_dump(doc, sort_keys=False)

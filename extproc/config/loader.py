@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
 from extproc.config.builtin_rules import BUILTIN_RULES
-from extproc.config.model import ListenerPolicy, PolicyConfig, UnknownAction
+from extproc.config.identity_section import parse_access, parse_issuers
+from extproc.config.model import AuthMode, ListenerPolicy, PolicyConfig, UnknownAction
+from extproc.config.reader import ConfigError, Reader
 from extproc.domain.classify import ModelSource, RuleSpec, WorkloadClass
 from extproc.routing.table import RouteEntry
 
@@ -24,66 +25,6 @@ MAX_BODY_BYTES_CEILING = 64 << 20
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 _MODEL_SOURCES = {"body", "header", "path"}
-
-T = TypeVar("T")
-
-
-class ConfigError(Exception):
-    """A config file that cannot be used; ``errors`` lists every problem found."""
-
-    def __init__(self, source: str, errors: list[str]) -> None:
-        self.source = source
-        self.errors = errors
-        super().__init__("\n".join(f"{source}: {e}" for e in errors))
-
-
-class _Reader:
-    """Walks the parsed YAML, collecting errors with their field paths."""
-
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-
-    def error(self, where: str, msg: str) -> None:
-        self.errors.append(f"{where}: {msg}" if where else msg)
-
-    def mapping(self, value: Any, where: str, allowed: set[str]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.error(where, f"expected a mapping, got {type(value).__name__}")
-            return {}
-        for key in value:
-            if key not in allowed:
-                hint = f" (known: {', '.join(sorted(allowed))})"
-                self.error(f"{where}.{key}" if where else str(key), f"unknown field{hint}")
-        return value
-
-    def seq(self, value: Any, where: str) -> list[Any]:
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            self.error(where, f"expected a list, got {type(value).__name__}")
-            return []
-        return value
-
-    def typed(self, value: Any, where: str, kind: type[T], default: T) -> T:
-        if value is None:
-            return default
-        if kind is int and isinstance(value, bool):
-            self.error(where, "expected an integer")
-            return default
-        if not isinstance(value, kind):
-            self.error(where, f"expected {kind.__name__}, got {type(value).__name__}")
-            return default
-        return value
-
-    def choice(self, value: Any, where: str, parse: Callable[[str], T], options: str) -> T | None:
-        try:
-            return parse(value)
-        except (ValueError, TypeError):
-            self.error(where, f"{value!r} is not one of: {options}")
-            return None
-
 
 def load_file(path: str | Path) -> PolicyConfig:
     """Read and validate a policy file. Raises ``ConfigError`` naming the file and fields."""
@@ -102,13 +43,16 @@ def parse(text: bytes, source: str) -> PolicyConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(source, [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from exc
-    r = _Reader()
+    r = Reader()
     if doc is None:
         doc = {}
-    root = r.mapping(doc, "", {"version", "listeners", "request_body", "classification", "routing"})
+    root = r.mapping(doc, "", {"version", "listeners", "request_body", "classification", "routing",
+                               "identity", "access"})
     if root.get("version", 1) != 1:
         r.error("version", "only version 1 is supported")
-    listeners = _listeners(r, root.get("listeners"))
+    issuers = parse_issuers(r, root.get("identity"), source)
+    access = parse_access(r, root.get("access"), {i.name for i in issuers})
+    listeners = _listeners(r, root.get("listeners"), has_issuers=bool(issuers))
     body = r.mapping(root.get("request_body"), "request_body", {"max_bytes"})
     max_body = r.typed(body.get("max_bytes"), "request_body.max_bytes", int, DEFAULT_MAX_BODY_BYTES)
     if not 1 <= max_body <= MAX_BODY_BYTES_CEILING:
@@ -125,23 +69,32 @@ def parse(text: bytes, source: str) -> PolicyConfig:
         rules=rules,
         pools=pools,
         routes=routes,
+        issuers=issuers,
+        access=access,
     )
 
 
-def _listeners(r: _Reader, value: Any) -> tuple[ListenerPolicy, ...]:
-    out = {"default": ListenerPolicy("default")}
-    for name, spec in r.mapping(value, "listeners", set(value or {})).items():
+def _listeners(r: Reader, value: Any, has_issuers: bool) -> tuple[ListenerPolicy, ...]:
+    """Per-listener policy; authentication defaults to required when issuers are configured."""
+    default_auth = AuthMode.REQUIRED if has_issuers else AuthMode.NONE
+    out = {"default": ListenerPolicy("default", authentication=default_auth)}
+    names = set(value) if isinstance(value, dict) else set()
+    for name, spec in r.mapping(value, "listeners", names).items():
         where = f"listeners.{name}"
-        fields = r.mapping(spec, where, {"unknown_requests"})
+        fields = r.mapping(spec, where, {"unknown_requests", "authentication"})
         action = r.choice(
             fields.get("unknown_requests", "deny"), f"{where}.unknown_requests", UnknownAction,
             "deny, allow",
         )
-        out[str(name)] = ListenerPolicy(str(name), action or UnknownAction.DENY)
+        auth = r.choice(fields.get("authentication", default_auth.value), f"{where}.authentication",
+                        AuthMode, "required, optional, none")
+        if auth in (AuthMode.REQUIRED, AuthMode.OPTIONAL) and not has_issuers:
+            r.error(f"{where}.authentication", f"{auth.value} needs at least one identity.issuers entry")
+        out[str(name)] = ListenerPolicy(str(name), action or UnknownAction.DENY, auth or default_auth)
     return tuple(out.values())
 
 
-def _classification(r: _Reader, value: Any) -> tuple[RuleSpec, ...]:
+def _classification(r: Reader, value: Any) -> tuple[RuleSpec, ...]:
     spec = r.mapping(value, "classification", {"builtin_rules", "rules"})
     builtin = r.typed(spec.get("builtin_rules"), "classification.builtin_rules", bool, True)
     rules: list[RuleSpec] = []
@@ -159,7 +112,7 @@ def _classification(r: _Reader, value: Any) -> tuple[RuleSpec, ...]:
     return tuple(rules)
 
 
-def _rule(r: _Reader, item: Any, where: str) -> RuleSpec | None:
+def _rule(r: Reader, item: Any, where: str) -> RuleSpec | None:
     before = len(r.errors)
     f = r.mapping(item, where, {"name", "class", "when", "model"})
     name = r.typed(f.get("name"), f"{where}.name", str, "")
@@ -204,7 +157,7 @@ def _rule(r: _Reader, item: Any, where: str) -> RuleSpec | None:
     return RuleSpec(name, workload, methods, path, prefix, regex, hosts, tuple(headers), body, model)
 
 
-def _model_source(r: _Reader, value: Any, where: str, regex: str | None) -> ModelSource | None:
+def _model_source(r: Reader, value: Any, where: str, regex: str | None) -> ModelSource | None:
     """``body.model``, ``header.x-model`` or ``path.model`` (a named group of ``path_regex``)."""
     if value is None:
         return None
@@ -233,7 +186,7 @@ def _compiles(regex: str) -> bool:
     return True
 
 
-def _routing(r: _Reader, value: Any) -> tuple[tuple[str, ...], tuple[RouteEntry, ...]]:
+def _routing(r: Reader, value: Any) -> tuple[tuple[str, ...], tuple[RouteEntry, ...]]:
     spec = r.mapping(value, "routing", {"pools", "routes"})
     pools = tuple(str(p) for p in r.seq(spec.get("pools"), "routing.pools"))
     if not pools:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from extproc.domain.authorize import AccessRule
 from extproc.domain.classify import Classifier, RuleSpec
+from extproc.identity.spec import IssuerSpec
 from extproc.routing.table import RouteEntry, RouteTable
 
 
@@ -14,12 +16,19 @@ class UnknownAction(StrEnum):
     ALLOW = "allow"
 
 
+class AuthMode(StrEnum):
+    REQUIRED = "required"  # no valid token → 401
+    OPTIONAL = "optional"  # no token → anonymous; a bad token → 401
+    NONE = "none"  # tokens are not looked at; every caller is anonymous
+
+
 @dataclass(frozen=True, slots=True)
 class ListenerPolicy:
     """Per-listener behaviour. Envoy names the listener in gRPC metadata ``x-extproc-listener``."""
 
     name: str
     unknown_requests: UnknownAction = UnknownAction.DENY
+    authentication: AuthMode = AuthMode.NONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,12 +42,14 @@ class PolicyConfig:
     rules: tuple[RuleSpec, ...]
     pools: tuple[str, ...]
     routes: tuple[RouteEntry, ...]
+    issuers: tuple[IssuerSpec, ...] = ()
+    access: tuple[AccessRule, ...] = ()
 
 
 class Snapshot:
     """A compiled config: what the pipeline reads per request. Immutable, swapped by reference."""
 
-    __slots__ = ("classifier", "config", "listeners", "max_body_bytes", "routes", "version")
+    __slots__ = ("access", "classifier", "config", "listeners", "max_body_bytes", "routes", "version")
 
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config
@@ -47,6 +58,7 @@ class Snapshot:
         self.classifier = Classifier(config.rules)
         self.routes = RouteTable(config.routes, config.pools)
         self.listeners = {lp.name: lp for lp in config.listeners}
+        self.access = config.access
 
     def listener(self, name: str) -> ListenerPolicy:
         return self.listeners.get(name) or self.listeners["default"]

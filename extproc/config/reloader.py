@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from extproc.config.loader import ConfigError, load_file
+from extproc.config.loader import load_file
 from extproc.config.model import Snapshot
+from extproc.config.reader import ConfigError
 
 log = logging.getLogger("extproc.config")
 
@@ -50,7 +51,7 @@ class ConfigHolder:
         self.current = Snapshot(load_file(self.path))  # a bad file at start-up is fatal
         self.status = ReloadStatus(self.current.version, time.time())
         self._stat = _stat_key(self.path)
-        self._on_swap = on_swap
+        self.on_swap = on_swap
 
     def check(self) -> bool:
         """Reload if the file changed. Returns True when a new snapshot was swapped in."""
@@ -79,8 +80,8 @@ class ConfigHolder:
             "config reloaded",
             extra={"config_version": self.current.version, "previous_version": previous},
         )
-        if self._on_swap:
-            self._on_swap(self.current)
+        if self.on_swap:
+            self.on_swap(self.current)
         return True
 
     async def watch(self, interval: float = 1.0) -> None:

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from extproc.devstack.envoy_config import EnvoyPorts, render
 from extproc.devstack.issuer import build_issuer_app
-from extproc.devstack.keys import default_state_dir, load_or_create_key
+from extproc.devstack.keys import DEFAULT_ISSUER, KeyStore, default_state_dir
 from extproc.devstack.upstream import DemoPool
 
 DEMO_CONFIG = Path(__file__).with_name("demo-config.yaml")
@@ -67,12 +67,14 @@ def port_in_use(port: int) -> bool:
 
 class Demo:
     def __init__(self, ports: DemoPorts, run_dir: Path, config: Path, workers: int,
-                 state_dir: Path) -> None:
+                 state_dir: Path, rotate_keys_every: float) -> None:
         self.ports = ports
         self.run_dir = run_dir
         self.config = config
         self.workers = workers
         self.state_dir = state_dir
+        self.rotate_keys_every = rotate_keys_every
+        self.issuer = f"http://127.0.0.1:{ports.issuer}"
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.runners: list[web.AppRunner] = []
 
@@ -95,13 +97,16 @@ class Demo:
                              "(make run does this when run as root)")
         self._spawn("redis", [redis, "--port", str(self.ports.redis), "--bind", "127.0.0.1",
                               "--save", "", "--appendonly", "no", "--dir", str(self.run_dir)])
-        issuer = f"http://127.0.0.1:{self.ports.issuer}"
-        key = load_or_create_key(self.state_dir)
-        await self._site(build_issuer_app(issuer, [key]), self.ports.issuer)
+        store = KeyStore(self.state_dir)
+        store.published()  # make the first key now, not in a request
+        await self._site(build_issuer_app(self.issuer, store, self.rotate_keys_every), self.ports.issuer)
         await self._site(DemoPool("pool-a").app(), self.ports.envoy.pool_a)
         await self._site(DemoPool("pool-b").app(), self.ports.envoy.pool_b)
+        # The demo policy names the issuer at its default port: follow --port-offset.
+        policy = self.run_dir / "policy.yaml"
+        policy.write_text(self.config.read_text().replace(DEFAULT_ISSUER, self.issuer))
         self._spawn("sidecar", [sys.executable, "-m", "extproc", "serve", "--config",
-                                str(self.config), "--listen", f"127.0.0.1:{self.ports.sidecar}",
+                                str(policy), "--listen", f"127.0.0.1:{self.ports.sidecar}",
                                 "--admin", f"127.0.0.1:{self.ports.sidecar_admin}",
                                 "--workers", str(self.workers)])
         sidecars = [f"127.0.0.1:{self.ports.sidecar + i}" for i in range(self.workers)]
@@ -170,19 +175,24 @@ Try:
        -H 'content-type: application/json' \\
        -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"hi"}}]}}'
   # ...x-demo-pool: pool-a. With "model":"gpt-4o" it goes to pool-b; add "stream":true for SSE.
-  curl -si http://127.0.0.1:{e.ext_proc}/no/such/api      # 404 unknown_workload, JSON error
+  curl -si http://127.0.0.1:{e.ext_proc}/v1/models                          # 401: no token
+  curl -si http://127.0.0.1:{e.ext_proc}/v1/fine_tuning/jobs -H "authorization: Bearer $TOKEN"
+  # 403 insufficient_scope: mint with --scope inference --scope training to pass
+  curl -si http://127.0.0.1:{e.ext_proc}/no/such/api -H "authorization: Bearer $TOKEN"  # 404
+  curl -s -X POST {self.issuer}/rotate     # rotate the issuer's signing key
 
 Ctrl-C stops everything.
 """
 
 
-async def run_demo(ports: DemoPorts, run_dir: Path, config: Path, workers: int) -> int:
+async def run_demo(ports: DemoPorts, run_dir: Path, config: Path, workers: int,
+                   rotate_keys_every: float = 3600) -> int:
     busy = [p for p in ports.all(workers) if port_in_use(p)]
     if busy:
         print(f"extproc demo: ports already in use: {', '.join(map(str, busy))}. Stop what holds "
               "them (another demo?) or move every demo port with --port-offset N.", file=sys.stderr)
         return 1
-    demo = Demo(ports, run_dir, config, workers, default_state_dir())
+    demo = Demo(ports, run_dir, config, workers, default_state_dir(), rotate_keys_every)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,10 +1,18 @@
-"""The demo issuer's signing key, kept in a state directory so ``extproc token`` can use it."""
+"""The demo issuer's signing keys, kept in a state directory so ``extproc token`` can use them.
+
+``keys.json`` lists RSA keys oldest first. Tokens are signed with the newest;
+the JWKS publishes the newest ``PUBLISHED`` keys, so a rotation leaves the
+previous key valid for one more rotation and then retires it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +23,7 @@ from jose import jwk, jwt
 
 DEMO_AUDIENCE = "extproc-demo"
 DEFAULT_ISSUER = "http://127.0.0.1:9400"
+PUBLISHED = 2
 
 
 def default_state_dir() -> Path:
@@ -36,24 +45,59 @@ class SigningKey:
         return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in key.items()}
 
 
-def load_or_create_key(state_dir: Path) -> SigningKey:
-    """The current key; made (RSA 2048) on first use and stored with mode 0600."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / "signing-key.json"
-    if path.exists():
-        data = json.loads(path.read_text())
-        return SigningKey(data["kid"], data["private_pem"].encode())
+def _new_key() -> SigningKey:
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    key = SigningKey(f"demo-{int(time.time())}", pem)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"kid": key.kid, "private_pem": pem.decode()}, fh)
-    os.replace(tmp, path)
-    return key
+    return SigningKey(f"demo-{time.time_ns():x}", pem)
+
+
+class KeyStore:
+    """Keys on disk, shared by the issuer process and ``extproc token`` (file-locked)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+        self.path = state_dir / "keys.json"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _read(self) -> list[SigningKey]:
+        if not self.path.exists():
+            return []
+        data = json.loads(self.path.read_text())
+        return [SigningKey(k["kid"], k["private_pem"].encode()) for k in data["keys"]]
+
+    def _write(self, keys: list[SigningKey]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"keys": [{"kid": k.kid, "private_pem": k.private_pem.decode()} for k in keys]}, fh)
+        os.replace(tmp, self.path)
+
+    def published(self) -> list[SigningKey]:
+        """The keys the JWKS serves (made on first use)."""
+        with self._locked():
+            keys = self._read()
+            if not keys:
+                keys = [_new_key()]
+                self._write(keys)
+        return keys[-PUBLISHED:]
+
+    def current(self) -> SigningKey:
+        return self.published()[-1]
+
+    def rotate(self) -> SigningKey:
+        """Add a new signing key; the oldest published one is retired."""
+        with self._locked():
+            keys = [*self._read()[-(PUBLISHED - 1):], _new_key()]
+            self._write(keys)
+        return keys[-1]
 
 
 def mint_token(
@@ -65,6 +109,7 @@ def mint_token(
     issuer: str = DEFAULT_ISSUER,
     subject: str | None = None,
     now: int | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> str:
     issued = int(time.time()) if now is None else now
     claims = {
@@ -77,6 +122,6 @@ def mint_token(
         "iat": issued,
         "nbf": issued,
         "exp": issued + ttl_seconds,
+        **(extra or {}),
     }
-    return str(jwt.encode(claims, key.private_pem.decode(), algorithm="RS256",
-                          headers={"kid": key.kid}))
+    return str(jwt.encode(claims, key.private_pem.decode(), algorithm="RS256", headers={"kid": key.kid}))

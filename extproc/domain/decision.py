@@ -23,6 +23,10 @@ class Decision:
     tenant: str | None = None
     upstream: str | None = None
     route: str | None = None
+    #: Extra headers a denial carries to the client (e.g. ``www-authenticate``).
+    headers: tuple[tuple[str, str], ...] = ()
+    #: The access rule that denied (authorization), for the error body and the record.
+    policy: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -66,17 +70,23 @@ class Decision:
 
     def error_body(self) -> bytes:
         """OpenAI-shaped error JSON for a denial."""
-        return json.dumps(
-            {
-                "error": {
-                    "type": self.reason.error_type,
-                    "code": self.reason.value,
-                    "message": self.message,
-                    "decision_id": self.decision_id,
-                }
-            },
-            separators=(",", ":"),
-        ).encode()
+        error = {
+            "type": self.reason.error_type,
+            "code": self.reason.value,
+            "message": self.message,
+            "decision_id": self.decision_id,
+        }
+        if self.policy:
+            error["policy"] = self.policy
+        return json.dumps({"error": error}, separators=(",", ":")).encode()
+
+    def denial_headers(self) -> list[tuple[str, str]]:
+        """Headers every denial carries to the client."""
+        return [
+            ("content-type", "application/json"),
+            ("x-extproc-decision-id", self.decision_id),
+            *self.headers,
+        ]
 
 
 def allow(
@@ -100,6 +110,8 @@ def deny(
     message: str,
     cls: Classification | None = None,
     identity: Identity | None = None,
+    headers: tuple[tuple[str, str], ...] = (),
+    policy: str | None = None,
 ) -> Decision:
     return Decision(
         decision_id=decision_id,
@@ -109,4 +121,6 @@ def deny(
         model=cls.model if cls else None,
         rule=cls.rule if cls else None,
         tenant=identity.tenant if identity else None,
+        headers=headers,
+        policy=policy,
     )

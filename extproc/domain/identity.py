@@ -11,7 +11,9 @@ class Identity:
     subject: str = ""
     plan: str = ""
     scopes: frozenset[str] = frozenset()
+    roles: frozenset[str] = frozenset()
     issuer: str = ""
+    issuer_name: str = ""
     verified: bool = False
 
 

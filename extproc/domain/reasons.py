@@ -13,11 +13,34 @@ class Reason(StrEnum):
     """Why a decision came out the way it did."""
 
     ALLOWED = "allowed"
+    # 401: no usable credential (authentication).
+    MISSING_CREDENTIALS = "missing_credentials"
+    INVALID_AUTHORIZATION_HEADER = "invalid_authorization_header"
+    TOKEN_TOO_LARGE = "token_too_large"
+    MALFORMED_TOKEN = "malformed_token"
+    ENCRYPTED_TOKEN_UNSUPPORTED = "encrypted_token_unsupported"
+    ALGORITHM_NOT_ALLOWED = "algorithm_not_allowed"
+    UNKNOWN_SIGNING_KEY = "unknown_signing_key"
+    INVALID_SIGNATURE = "invalid_signature"
+    UNTRUSTED_ISSUER = "untrusted_issuer"
+    INVALID_AUDIENCE = "invalid_audience"
+    TOKEN_EXPIRED = "token_expired"
+    TOKEN_NOT_YET_VALID = "token_not_yet_valid"
+    MISSING_EXPIRY = "missing_expiry"
+    INVALID_CLAIMS = "invalid_claims"
+    MISSING_TENANT = "missing_tenant"
+    # 403: authenticated, not allowed (authorization).
+    INSUFFICIENT_SCOPE = "insufficient_scope"
+    ROLE_NOT_ALLOWED = "role_not_allowed"
+    PLAN_NOT_ALLOWED = "plan_not_allowed"
+    ISSUER_NOT_ALLOWED = "issuer_not_allowed"
+    # Request shape and routing.
     UNKNOWN_WORKLOAD = "unknown_workload"
     NO_ROUTE = "no_route"
     BODY_TOO_LARGE = "body_too_large"
     INVALID_JSON = "invalid_json"
     INTERNAL_ERROR = "internal_error"
+    IDENTITY_PROVIDER_UNAVAILABLE = "identity_provider_unavailable"
 
     @property
     def status(self) -> int:
@@ -27,22 +50,47 @@ class Reason(StrEnum):
     def error_type(self) -> str:
         return _ERROR_TYPE[self]
 
+    @property
+    def is_authentication(self) -> bool:
+        return _STATUS[self] == 401
+
+    @property
+    def is_authorization(self) -> bool:
+        return _STATUS[self] == 403
+
+
+_UNAUTHENTICATED = (
+    Reason.MISSING_CREDENTIALS, Reason.INVALID_AUTHORIZATION_HEADER, Reason.TOKEN_TOO_LARGE,
+    Reason.MALFORMED_TOKEN, Reason.ENCRYPTED_TOKEN_UNSUPPORTED, Reason.ALGORITHM_NOT_ALLOWED,
+    Reason.UNKNOWN_SIGNING_KEY, Reason.INVALID_SIGNATURE, Reason.UNTRUSTED_ISSUER,
+    Reason.INVALID_AUDIENCE, Reason.TOKEN_EXPIRED, Reason.TOKEN_NOT_YET_VALID, Reason.MISSING_EXPIRY,
+    Reason.INVALID_CLAIMS, Reason.MISSING_TENANT,
+)
+_FORBIDDEN = (Reason.INSUFFICIENT_SCOPE, Reason.ROLE_NOT_ALLOWED, Reason.PLAN_NOT_ALLOWED,
+              Reason.ISSUER_NOT_ALLOWED)
+
 
 _STATUS: dict[Reason, int] = {
+    **dict.fromkeys(_UNAUTHENTICATED, 401),
+    **dict.fromkeys(_FORBIDDEN, 403),
     Reason.ALLOWED: 200,
     Reason.UNKNOWN_WORKLOAD: 404,
     Reason.NO_ROUTE: 404,
     Reason.BODY_TOO_LARGE: 413,
     Reason.INVALID_JSON: 400,
     Reason.INTERNAL_ERROR: 503,
+    Reason.IDENTITY_PROVIDER_UNAVAILABLE: 503,
 }
 
 # OpenAI-compatible `error.type` values, so existing client SDKs map them sensibly.
 _ERROR_TYPE: dict[Reason, str] = {
+    **dict.fromkeys(_UNAUTHENTICATED, "authentication_error"),
+    **dict.fromkeys(_FORBIDDEN, "permission_error"),
     Reason.ALLOWED: "",
     Reason.UNKNOWN_WORKLOAD: "invalid_request_error",
     Reason.NO_ROUTE: "invalid_request_error",
     Reason.BODY_TOO_LARGE: "invalid_request_error",
     Reason.INVALID_JSON: "invalid_request_error",
     Reason.INTERNAL_ERROR: "server_error",
+    Reason.IDENTITY_PROVIDER_UNAVAILABLE: "server_error",
 }

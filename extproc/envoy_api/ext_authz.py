@@ -48,10 +48,7 @@ def response(decision: Decision, facts: RequestFacts) -> pb.CheckResponse:
             status=status_pb2.Status(code=_PERMISSION_DENIED, message=decision.reason.value),
             denied_response=pb.DeniedHttpResponse(
                 status=http_status_pb2.HttpStatus(code=decision.status),
-                headers=[
-                    header_option("content-type", "application/json", raw=False),
-                    header_option("x-extproc-decision-id", decision.decision_id, raw=False),
-                ],
+                headers=[header_option(k, v, raw=False) for k, v in decision.denial_headers()],
                 body=decision.error_body().decode(),
             ),
             dynamic_metadata=meta,

@@ -98,12 +98,7 @@ def decided(decision: Decision, facts: RequestFacts, phase: str) -> pb.Processin
 
 def immediate(decision: Decision) -> pb.ProcessingResponse:
     """A denial Envoy sends to the client directly, with the OpenAI-shaped JSON error."""
-    headers = pb.HeaderMutation(
-        set_headers=[
-            header_option("content-type", "application/json"),
-            header_option("x-extproc-decision-id", decision.decision_id),
-        ]
-    )
+    headers = pb.HeaderMutation(set_headers=[header_option(k, v) for k, v in decision.denial_headers()])
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=decision.status),

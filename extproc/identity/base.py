@@ -1,28 +1,18 @@
-"""The identity step's interface, and the one policy that needs no credential."""
+"""The identity step's interface, as the pipeline sees it."""
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from extproc.domain.facts import RequestFacts
-from extproc.domain.identity import ANONYMOUS, Identity
+from extproc.domain.identity import Identity
 
 
 class Authenticator(Protocol):
-    """Returns the verified identity of a request.
+    """Turns an ``Authorization`` header value into a verified identity.
 
-    Implementations never do network I/O on the request path: keys are fetched
-    in the background and verified tokens are cached.
+    Raises ``identity.tokens.TokenError`` (401, with a reason code) or
+    ``identity.authenticator.IdentityUnavailable`` (503). Never does network I/O on
+    the request path except the rate-limited refetch for an unknown key id.
     """
 
-    def authenticate(self, facts: RequestFacts) -> Identity: ...
-
-
-class NoAuthentication:
-    """Listeners configured without authentication: every caller is ``anonymous``.
-
-    Tenant identity comes only from a verified token, so no header is consulted here.
-    """
-
-    def authenticate(self, facts: RequestFacts) -> Identity:
-        return ANONYMOUS
+    async def authenticate(self, authorization: str | None) -> Identity: ...

@@ -8,16 +8,15 @@ import grpc
 import pytest
 
 from extproc.app import Worker
-from extproc.devstack.demo import DEMO_CONFIG
 from extproc.settings import Settings
-from tests.support import free_port
+from tests.support import free_port, open_policy_text
 
 
 @pytest.fixture
 async def worker(tmp_path: Path) -> AsyncIterator[tuple[Worker, grpc.aio.Channel]]:
     """A real worker (gRPC server + admin HTTP) in this event loop, and a channel to it."""
     config = tmp_path / "policy.yaml"
-    config.write_bytes(DEMO_CONFIG.read_bytes())
+    config.write_text(open_policy_text())
     port, admin = free_port(), free_port()
     settings = Settings(config_path=config, listen=(f"127.0.0.1:{port}",), admin=f"127.0.0.1:{admin}",
                         drain_seconds=1.0, reload_interval=0.1)

@@ -16,11 +16,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from extproc.domain.facts import RequestFacts
-from extproc.domain.identity import Identity
+from extproc.identity.authenticator import JwtAuthenticator
 from extproc.pipeline import Pipeline
 from extproc.services.ext_proc import ExternalProcessorService
-from tests.support import free_port
+from tests.support import free_port, route_pool
 
 
 def headers(method: str, path: str, eos: bool = False, **extra: str) -> pb.ProcessingRequest:
@@ -111,20 +110,16 @@ async def test_cancelled_stream_is_a_normal_end(worker, caplog: pytest.LogCaptur
 
 
 async def test_pipeline_failure_answers_503_fail_closed(caplog: pytest.LogCaptureFixture) -> None:
-    class BrokenIdentity:
-        def authenticate(self, facts: RequestFacts) -> Identity:
-            raise RuntimeError("identity backend exploded")
+    class BrokenRouting:
+        @property
+        def current(self) -> Snapshot:
+            raise RuntimeError("config holder exploded")
 
-    from extproc.config.loader import load_file
     from extproc.config.model import Snapshot
-    from extproc.devstack.demo import DEMO_CONFIG
-
-    class Holder:
-        current = Snapshot(load_file(DEMO_CONFIG))
 
     server = grpc.aio.server()
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
-        ExternalProcessorService(Pipeline(Holder(), BrokenIdentity())), server)
+        ExternalProcessorService(Pipeline(BrokenRouting(), JwtAuthenticator())), server)
     port = free_port()
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -177,8 +172,7 @@ async def test_health_and_admin_http(worker) -> None:
 async def test_config_reload_is_live_and_bad_file_is_reported(worker) -> None:
     w, channel = worker
     path = w.settings.config_path
-    path.write_text(path.read_text().replace("{id: gpt-4o-mini, model: gpt-4o-mini, pool: pool-a}",
-                                             "{id: gpt-4o-mini, model: gpt-4o-mini, pool: pool-b}"))
+    path.write_text(route_pool(path.read_text(), "gpt-4o-mini", "pool-b"))
     stub = external_processor_pb2_grpc.ExternalProcessorStub(channel)
 
     async def pool_for_mini() -> str:

@@ -14,9 +14,8 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from extproc.devstack.demo import DEMO_CONFIG
 from tests.component.test_grpc_services import body, headers
-from tests.support import Child, free_port, free_port_block, sidecar_command, wait_http
+from tests.support import Child, free_port, free_port_block, open_policy_text, sidecar_command, wait_http
 
 
 async def wait_serving(address: str, timeout: float = 20.0) -> None:
@@ -36,9 +35,11 @@ async def wait_serving(address: str, timeout: float = 20.0) -> None:
 
 
 async def test_sigterm_reports_not_serving_and_drains_inflight_streams(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(open_policy_text())
     port = free_port()
     address = f"127.0.0.1:{port}"
-    child = Child("sidecar", sidecar_command(DEMO_CONFIG, [address], None, "--drain-seconds", "5",
+    child = Child("sidecar", sidecar_command(policy, [address], None, "--drain-seconds", "5",
                                              "--shutdown-delay", "1"), tmp_path)
     try:
         await wait_serving(address)
@@ -71,9 +72,11 @@ async def test_sigterm_reports_not_serving_and_drains_inflight_streams(tmp_path:
 
 
 async def test_workers_each_serve_their_own_port_and_socket(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(open_policy_text())
     port, admin = free_port_block(2), free_port_block(2)
     sock = tmp_path / "ext.sock"
-    child = Child("sidecar", sidecar_command(DEMO_CONFIG, [f"127.0.0.1:{port}", f"unix:{sock}"],
+    child = Child("sidecar", sidecar_command(policy, [f"127.0.0.1:{port}", f"unix:{sock}"],
                                              f"127.0.0.1:{admin}", "--workers", "2"), tmp_path)
     try:
         for i in range(2):

@@ -8,8 +8,9 @@ import pytest
 
 from extproc.cli import main as cli_main
 from extproc.config.builtin_rules import BUILTIN_RULES
-from extproc.config.loader import ConfigError, load_file, parse
+from extproc.config.loader import load_file, parse
 from extproc.config.model import Snapshot, UnknownAction
+from extproc.config.reader import ConfigError
 from extproc.devstack.demo import DEMO_CONFIG
 
 BAD = sorted((Path(__file__).parent / "fixtures" / "bad_config").glob("*.yaml"))

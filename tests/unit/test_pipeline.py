@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from extproc.config.loader import load_file, parse
+from extproc.config.loader import parse
 from extproc.config.model import Snapshot
-from extproc.devstack.demo import DEMO_CONFIG
 from extproc.domain.classify import WorkloadClass
 from extproc.domain.facts import RequestFacts
 from extproc.domain.reasons import Reason
-from extproc.identity.base import NoAuthentication
+from extproc.identity.authenticator import JwtAuthenticator
 from extproc.pipeline import AwaitingBody, Pipeline
+from tests.support import open_policy_text
 
 
 class Fixed:
@@ -22,8 +22,8 @@ class Fixed:
 
 
 def pipeline(text: bytes | None = None) -> Pipeline:
-    config = parse(text, "test.yaml") if text else load_file(DEMO_CONFIG)
-    return Pipeline(Fixed(Snapshot(config)), NoAuthentication())
+    config = parse(text or open_policy_text().encode(), "test.yaml")
+    return Pipeline(Fixed(Snapshot(config)), JwtAuthenticator())
 
 
 def facts(method: str = "POST", path: str = "/v1/chat/completions", eos: bool = False,
@@ -105,8 +105,8 @@ async def test_empty_body_is_not_an_error() -> None:
 
 
 async def test_snapshot_is_fixed_for_the_request_across_phases() -> None:
-    holder = Fixed(Snapshot(load_file(DEMO_CONFIG)))
-    p = Pipeline(holder, NoAuthentication())
+    holder = Fixed(Snapshot(parse(open_policy_text().encode(), "open.yaml")))
+    p = Pipeline(holder, JwtAuthenticator())
     pending = await p.on_request_headers(facts())
     assert isinstance(pending, AwaitingBody)
     holder.current = Snapshot(parse(b"routing: {pools: [z], routes: [{pool: z}]}", "new.yaml"))

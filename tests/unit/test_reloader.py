@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from extproc.config.loader import ConfigError
+from extproc.config.reader import ConfigError
 from extproc.config.reloader import ConfigHolder
 
 GOOD_A = "routing: {pools: [pool-a], routes: [{id: r, pool: pool-a}]}\n"
