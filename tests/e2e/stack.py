@@ -17,15 +17,19 @@ from aiohttp import web
 
 from extproc.devstack.demo import DEMO_CONFIG
 from extproc.devstack.envoy_config import EnvoyPorts, render
+from extproc.devstack.issuer import build_issuer_app
+from extproc.devstack.keys import DEFAULT_ISSUER, KeyStore, mint_token
 from extproc.devstack.upstream import DemoPool
 from tests.support import Child, envoy_binary, free_port, sidecar_command, wait_http
 
 
 class PoolsThread:
-    """The two demo pools, served from an event loop in a background thread."""
+    """The two demo pools and the demo issuer, served from an event loop in a background thread."""
 
-    def __init__(self, ports: dict[str, int]) -> None:
+    def __init__(self, ports: dict[str, int], issuer_port: int, keys: KeyStore) -> None:
         self.ports = ports
+        self.issuer_port = issuer_port
+        self.keys = keys
         self.loop = asyncio.new_event_loop()
         self._runners: list[web.AppRunner] = []
         self._ready = threading.Event()
@@ -38,8 +42,11 @@ class PoolsThread:
         asyncio.set_event_loop(self.loop)
 
         async def start() -> None:
-            for name, port in self.ports.items():
-                runner = web.AppRunner(DemoPool(name).app(), access_log=None)
+            apps = [(DemoPool(name).app(), port) for name, port in self.ports.items()]
+            issuer = f"http://127.0.0.1:{self.issuer_port}"
+            apps.append((build_issuer_app(issuer, self.keys), self.issuer_port))
+            for app, port in apps:
+                runner = web.AppRunner(app, access_log=None)
                 await runner.setup()
                 await web.TCPSite(runner, "127.0.0.1", port).start()
                 self._runners.append(runner)
@@ -75,14 +82,30 @@ class Stack:
     ports: EnvoyPorts
     sidecars: list[str]
     config_path: Path
+    issuer: str
+    keys: KeyStore
     children: list[Child] = field(default_factory=list)
     pools: PoolsThread | None = None
+    _token: str | None = None
+
+    def token(self, tenant: str = "acme", plan: str = "pro",
+              scopes: tuple[str, ...] = ("inference",), **kw: Any) -> str:
+        return mint_token(self.keys.current(), tenant, plan, scopes, issuer=self.issuer, **kw)
+
+    @property
+    def default_token(self) -> str:
+        if self._token is None:
+            self._token = self.token()
+        return self._token
 
     def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-                port: int | None = None, raw: bytes | None = None) -> Response:
+                port: int | None = None, raw: bytes | None = None, token: str | None = "default") -> Response:
+        """A request through Envoy, with a valid bearer token unless ``token`` says otherwise."""
         conn = http.client.HTTPConnection("127.0.0.1", port or self.ports.ext_proc, timeout=30)
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         hdrs = {"content-type": "application/json"} if data is not None else {}
+        if token is not None:
+            hdrs["authorization"] = f"Bearer {self.default_token if token == 'default' else token}"
         hdrs.update(headers or {})
         conn.request(method, path, body=data, headers=hdrs)
         resp = conn.getresponse()
@@ -90,10 +113,11 @@ class Stack:
         conn.close()
         return out
 
-    def chat(self, model: str, port: int | None = None, **extra: Any) -> Response:
+    def chat(self, model: str, port: int | None = None, token: str | None = "default",
+             **extra: Any) -> Response:
         return self.request("POST", "/v1/chat/completions",
                             {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra},
-                            port=port)
+                            port=port, token=token)
 
     def access_log(self) -> list[dict[str, Any]]:
         path = self.dir / "access.log"
@@ -111,18 +135,25 @@ class Stack:
 def start_stack(tmp: Path, sidecar_uds: bool = False, config_text: str | None = None) -> Stack:
     ports = EnvoyPorts(ext_proc=free_port(), ext_authz=free_port(), admin=free_port(),
                        pool_a=free_port(), pool_b=free_port())
+    issuer = f"http://127.0.0.1:{free_port()}"
+    keys = KeyStore(tmp / "issuer-keys")
+    keys.published()
+    if config_text is None:
+        config_text = DEMO_CONFIG.read_text()
+    config_text = config_text.replace(DEFAULT_ISSUER, issuer)
     # The policy file is a ConfigMap-style symlink so tests can swap it atomically.
     data_dir = tmp / "..v1"
     data_dir.mkdir()
-    (data_dir / "policy.yaml").write_text(config_text or DEMO_CONFIG.read_text())
+    (data_dir / "policy.yaml").write_text(config_text)
     os.symlink("..v1", tmp / "..data")
     config_path = tmp / "policy.yaml"
     os.symlink("..data/policy.yaml", config_path)
     sidecar = f"unix:{tmp / 'extproc.sock'}" if sidecar_uds else f"127.0.0.1:{free_port()}"
     admin = f"127.0.0.1:{free_port()}"
-    stack = Stack(tmp, ports, [sidecar], config_path)
+    stack = Stack(tmp, ports, [sidecar], config_path, issuer, keys)
     try:
-        stack.pools = PoolsThread({"pool-a": ports.pool_a, "pool-b": ports.pool_b})
+        stack.pools = PoolsThread({"pool-a": ports.pool_a, "pool-b": ports.pool_b},
+                                  int(issuer.rsplit(":", 1)[1]), keys)
         sc = Child("sidecar", sidecar_command(config_path, [sidecar], admin, "--drain-seconds", "1"), tmp)
         stack.children.append(sc)
         wait_http(f"http://{admin}/readyz", proc=sc.proc)

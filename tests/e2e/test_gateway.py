@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from extproc.devstack.demo import DEMO_CONFIG
 from extproc.devstack.envoy_config import render
 from tests.e2e.stack import Stack, start_stack, swap_config
-from tests.support import envoy_binary
+from tests.support import envoy_binary, route_pool
 
 pytestmark = pytest.mark.e2e
 
@@ -37,7 +36,7 @@ def test_models_are_routed_to_their_pools(stack: Stack, listener: str) -> None:
     assert seen["x-extproc-upstream"] == "pool-b"
     assert seen["x-extproc-class"] == "inference"
     assert seen["x-extproc-model"] == "gpt-4o"
-    assert seen["x-extproc-tenant"] == "anonymous"
+    assert seen["x-extproc-tenant"] == "acme"
     # The client sees the same decision id the upstream got.
     assert big.headers["x-extproc-decision-id"] == seen["x-extproc-decision-id"]
 
@@ -53,7 +52,7 @@ def test_client_supplied_internal_headers_are_stripped(stack: Stack, listener: s
     assert resp.status == 200
     assert resp.headers["x-demo-pool"] == "pool-a"
     seen = upstream_saw(resp)
-    assert seen["x-extproc-tenant"] == "anonymous"
+    assert seen["x-extproc-tenant"] == "acme"
     assert seen["x-extproc-class"] == "inference"
     assert "x-extproc-debug" not in seen
 
@@ -75,7 +74,8 @@ def test_body_is_read_only_when_needed_and_headers_only_requests_route(stack: St
     models = stack.request("GET", "/v1/models")
     assert models.status == 200 and models.headers["x-demo-pool"] == "pool-a"
     files = stack.request("POST", "/v1/files", raw=b"--not-json-multipart--",
-                          headers={"content-type": "multipart/form-data; boundary=x"})
+                          headers={"content-type": "multipart/form-data; boundary=x"},
+                          token=stack.token(scopes=("inference", "training")))
     assert files.status == 200 and files.headers["x-demo-pool"] == "pool-b"
     assert upstream_saw(files)["x-extproc-class"] == "training"
 
@@ -105,7 +105,8 @@ def test_sse_streams_through_unbuffered(stack: Stack) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", stack.ports.ext_proc, timeout=10)
     body = json.dumps({"model": "gpt-4o", "stream": True, "messages": []})
     conn.request("POST", "/v1/chat/completions", body=body,
-                 headers={"content-type": "application/json", "x-demo-hold": "sse-1"})
+                 headers={"content-type": "application/json", "x-demo-hold": "sse-1",
+                          "authorization": f"Bearer {stack.default_token}"})
     resp = conn.getresponse()
     assert resp.status == 200
     assert resp.getheader("content-type") == "text/event-stream"
@@ -133,7 +134,7 @@ def test_dynamic_metadata_reaches_the_access_log(stack: Stack) -> None:
     assert entries, "access log entry with the decision id"
     entry = entries[0]
     assert (entry["tenant"], entry["class"], entry["model"], entry["route"], entry["upstream_cluster"]) == (
-        "anonymous", "inference", "gpt-4o-mini", "gpt-4o-mini", "pool-a")
+        "acme", "inference", "gpt-4o-mini", "gpt-4o-mini", "pool-a")
 
 
 def test_concurrent_requests_all_routed(stack: Stack) -> None:
@@ -162,9 +163,8 @@ def test_concurrent_requests_all_routed(stack: Stack) -> None:
 
 def test_config_reload_changes_routing_and_bad_config_keeps_last_good(stack: Stack) -> None:
     admin = stack.sidecar_admin  # type: ignore[attr-defined]
-    moved = DEMO_CONFIG.read_text().replace("{id: gpt-4o-mini, model: gpt-4o-mini, pool: pool-a}",
-                                            "{id: gpt-4o-mini, model: gpt-4o-mini, pool: pool-b}")
-    swap_config(stack, moved, 2)
+    original = stack.config_path.read_text()
+    swap_config(stack, route_pool(original, "gpt-4o-mini", "pool-b"), 2)
     deadline = time.monotonic() + 10
     while stack.chat("gpt-4o-mini").headers["x-demo-pool"] != "pool-b":
         assert time.monotonic() < deadline, "reload not picked up"
@@ -180,7 +180,7 @@ def test_config_reload_changes_routing_and_bad_config_keeps_last_good(stack: Sta
         time.sleep(0.2)
     assert "unknown pool 'pool-zzz'" in status["config"]["last_error"]
     assert stack.chat("gpt-4o-mini").headers["x-demo-pool"] == "pool-b"  # last good still serves
-    swap_config(stack, DEMO_CONFIG.read_text(), 4)
+    swap_config(stack, original, 4)
     deadline = time.monotonic() + 10
     while stack.chat("gpt-4o-mini").headers["x-demo-pool"] != "pool-a":
         assert time.monotonic() < deadline, "recovery reload not picked up"
