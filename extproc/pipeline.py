@@ -9,6 +9,7 @@ Nothing here blocks the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Protocol
@@ -56,7 +57,7 @@ class Pipeline:
             return identity
         # 2. Classification, from the head alone unless the matching rule needs the body.
         cls = snapshot.classifier.classify_headers(
-            facts.method, facts.path, facts.host, facts.headers, not facts.end_of_stream
+            facts.method, facts.path, facts.host, facts.headers, _json_body_follows(facts)
         )
         if cls is NEEDS_BODY:
             return AwaitingBody(snapshot, decision_id, identity)
@@ -64,19 +65,28 @@ class Pipeline:
         return self._decide(snapshot, decision_id, facts, identity, cls)
 
     async def on_request_body(
-        self, facts: RequestFacts, pending: AwaitingBody, raw: bytes, complete: bool
+        self, facts: RequestFacts, pending: AwaitingBody, raw: bytes, truncated: bool = False
     ) -> Decision:
+        """Decide with the body. ``truncated``: the proxy says it cut the body at its limit.
+
+        A body Envoy cut at its buffer limit is longer than ``max_bytes`` (Envoy's
+        limit must exceed it, see envoy/README.md), so the length check catches it;
+        ``end_of_stream`` alone is no sign of a cut (trailers may follow).
+        """
         snapshot, decision_id, identity = pending.snapshot, pending.decision_id, pending.identity
         limit = snapshot.max_body_bytes
-        if not complete or len(raw) > limit:
+        if truncated or len(raw) > limit:
             return deny(decision_id, Reason.BODY_TOO_LARGE,
                         f"request body is larger than the limit of {limit} bytes")
         body = None
         if raw.strip():
             try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
-                return deny(decision_id, Reason.INVALID_JSON, f"request body is not valid JSON: {exc}")
+                # A large body would hold the event loop for milliseconds: parse it aside.
+                body = json.loads(raw) if len(raw) < _PARSE_INLINE_BYTES else \
+                    await asyncio.to_thread(json.loads, raw)
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+                detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+                return deny(decision_id, Reason.INVALID_JSON, f"request body is not valid JSON: {detail}")
             if not isinstance(body, dict):
                 return deny(decision_id, Reason.INVALID_JSON, "request body must be a JSON object")
         cls = snapshot.classifier.classify(facts.method, facts.path, facts.host, facts.headers, body)
@@ -123,6 +133,17 @@ class Pipeline:
                 f"no route for class={cls.workload.value} model={cls.model or '-'}", cls, identity,
             )
         return allow(decision_id, cls, identity, entry.pool, entry.id)
+
+
+#: Bodies at least this large are parsed in a worker thread, off the event loop.
+_PARSE_INLINE_BYTES = 256 << 10
+
+
+def _json_body_follows(facts: RequestFacts) -> bool:
+    """A body is coming and may be JSON. Multipart uploads are never buffered or parsed."""
+    if facts.end_of_stream:
+        return False
+    return not facts.headers.get("content-type", "").lower().startswith("multipart/")
 
 
 def _www_authenticate(exc: TokenError) -> str:

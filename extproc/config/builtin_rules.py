@@ -12,12 +12,15 @@ from extproc.domain.classify import WorkloadClass as W
 BODY_MODEL = ModelSource("body", "model")
 PATH_MODEL = ModelSource("path", "model")
 POST = frozenset({"POST"})
+EDGE_PATHS = r"/v1/(?:chat/completions|completions|responses|embeddings|messages)"
 
 BUILTIN_RULES: tuple[RuleSpec, ...] = (
-    # Edge inference: a client or an edge router marks the request, or it arrives on an edge host.
-    RuleSpec("edge-by-header", W.EDGE_INFERENCE, headers=(("x-inference-target", "edge"),),
-             model=BODY_MODEL),
-    RuleSpec("edge-by-host", W.EDGE_INFERENCE, hosts=("edge.*", "*.edge.*"), model=BODY_MODEL),
+    # Edge inference: an inference call marked for the edge by header, or arriving on an edge
+    # host. Only the inference endpoints: a marker must not turn any other path into inference.
+    RuleSpec("edge-by-header", W.EDGE_INFERENCE, methods=POST, path_regex=EDGE_PATHS,
+             headers=(("x-inference-target", "edge"),), model=BODY_MODEL),
+    RuleSpec("edge-by-host", W.EDGE_INFERENCE, methods=POST, path_regex=EDGE_PATHS,
+             hosts=("edge.*", "*.edge.*"), model=BODY_MODEL),
     # Gemini-style and Azure-style paths carry the model in the path.
     RuleSpec("gemini-embed", W.RAG,
              path_regex=r"/v1(?:beta)?/models/(?P<model>[^/:]+):(?:embedContent|batchEmbedContents)",

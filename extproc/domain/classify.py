@@ -71,7 +71,7 @@ UNCLASSIFIED = Classification(WorkloadClass.UNKNOWN, None, None)
 NEEDS_BODY = object()
 
 _ANY = "*"
-_MAX_MODEL_LEN = 256
+_MODEL_NAME = re.compile(r"[A-Za-z0-9._:/@+-]{1,256}")
 
 
 class _CompiledRule:
@@ -130,10 +130,8 @@ class _CompiledRule:
         elif src.kind == "path" and self._regex is not None:
             m = self._regex.fullmatch(path)
             value = m.group(src.name) if m else None
-        if not isinstance(value, str) or not value or len(value) > _MAX_MODEL_LEN:
-            return None
-        # A model name ends up in headers: never let control characters through.
-        if not value.isprintable():
+        # A model name ends up in headers and metric labels: a conservative charset only.
+        if not isinstance(value, str) or _MODEL_NAME.fullmatch(value) is None:
             return None
         return value
 

@@ -29,6 +29,8 @@ def facts_from_pairs(
     stripped: list[str] = []
     method = path = authority = ""
     for key, value in pairs:
+        if not key:
+            continue
         if key[0] == ":":
             if key == ":method":
                 method = value
@@ -38,7 +40,8 @@ def facts_from_pairs(
                 authority = value
             continue
         key = key.lower()
-        if key.startswith(INTERNAL_HEADER_PREFIX):
+        # ``x-extproc_tenant`` reaches CGI/WSGI upstreams as ``X_EXTPROC_TENANT`` too.
+        if key.replace("_", "-").startswith(INTERNAL_HEADER_PREFIX):
             stripped.append(key)
             continue
         if key in headers:  # repeated header: join as HTTP allows

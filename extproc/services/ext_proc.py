@@ -15,6 +15,8 @@ from extproc.services.common import internal_error, listener_name
 from extproc.telemetry.decisions import DecisionObserver
 
 _ADAPTER = "ext_proc"
+#: Stands in for the facts of a request whose headers could not be read.
+_UNREADABLE = RequestFacts(method="", path="", host="", headers={})
 
 
 class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
@@ -43,9 +45,10 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
                 return
             kind = request.WhichOneof("request")
             if kind == "request_headers":
-                facts = codec.request_facts(request.request_headers, listener)
                 started = time.perf_counter()
+                facts = _UNREADABLE
                 try:
+                    facts = codec.request_facts(request.request_headers, listener)
                     outcome = await self._pipeline.on_request_headers(facts)
                 except Exception:
                     outcome = internal_error(_ADAPTER)
@@ -61,9 +64,7 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
                 body = request.request_body
                 started = time.perf_counter()
                 try:
-                    decision = await self._pipeline.on_request_body(
-                        facts, pending, body.body, body.end_of_stream
-                    )
+                    decision = await self._pipeline.on_request_body(facts, pending, body.body)
                 except Exception:
                     decision = internal_error(_ADAPTER)
                     self._observer.error()
@@ -71,7 +72,10 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
                 self._observer.observe(decision, facts, time.perf_counter() - started)
                 response = codec.decided(decision, facts, "body")
             elif kind == "response_headers":
-                response = codec.response_headers(decision.decision_id if decision else None)
+                # A local reply (e.g. Envoy's request timeout) may come while we still wait
+                # for the body: the id we already made names the request all the same.
+                decision_id = decision.decision_id if decision else pending.decision_id if pending else None
+                response = codec.response_headers(decision_id)
             else:
                 response = codec.passthrough(kind)
             await context.write(response)

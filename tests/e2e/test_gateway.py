@@ -70,6 +70,22 @@ def test_denial_shape(stack: Stack, listener: str) -> None:
     assert error["decision_id"] == resp.headers["x-extproc-decision-id"]
 
 
+@pytest.mark.parametrize("listener", ["ext_proc", "ext_authz"])
+def test_paths_are_normalised_before_classification(stack: Stack, listener: str) -> None:
+    port = stack.ports.ext_proc if listener == "ext_proc" else stack.ports.ext_authz
+    dotted = stack.request("POST", "/v1/files/../chat/completions", {"model": "gpt-4o"}, port=port)
+    assert dotted.status == 200 and upstream_saw(dotted)["x-extproc-class"] == "inference"
+    doubled = stack.request("POST", "//v1//chat/completions", {"model": "gpt-4o"}, port=port)
+    assert doubled.status == 200 and doubled.headers["x-demo-pool"] == "pool-b"
+    # Envoy refuses header names with underscores (HTTP/1: 400 or a closed connection).
+    try:
+        underscored = stack.request("POST", "/v1/chat/completions", {"model": "gpt-4o"}, port=port,
+                                    headers={"x-extproc_tenant": "root"})
+        assert underscored.status == 400
+    except http.client.RemoteDisconnected:
+        pass
+
+
 def test_body_is_read_only_when_needed_and_headers_only_requests_route(stack: Stack) -> None:
     models = stack.request("GET", "/v1/models")
     assert models.status == 200 and models.headers["x-demo-pool"] == "pool-a"

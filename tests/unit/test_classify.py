@@ -112,7 +112,8 @@ def test_body_conditions_header_model_and_order() -> None:
     assert c.classify("POST", "/jobs/1", "h", {}, None).workload is W.UNKNOWN
 
 
-@pytest.mark.parametrize("bad", ["", "x" * 300, "evil\r\nx-extproc-tenant: root", 42, None, ["a"]])
+@pytest.mark.parametrize("bad", ["", "x" * 300, "evil\r\nx-extproc-tenant: root", 42, None, ["a"],
+                                 "gpt 4o", "mod\u00e8le"])
 def test_model_names_that_cannot_go_into_headers_are_dropped(bad) -> None:
     result = classify("POST", "/v1/chat/completions", {"model": bad})
     assert result.workload is W.INFERENCE

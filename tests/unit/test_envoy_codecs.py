@@ -26,7 +26,7 @@ def headers_msg(pairs: list[tuple[str, str]], raw: bool, eos: bool = False) -> p
 PAIRS = [
     (":method", "POST"), (":path", "/v1/chat/completions?api-version=1"), (":authority", "GW.example.com:8080"),
     ("content-type", "application/json"), ("x-extproc-upstream", "pool-evil"), ("X-Extproc-Tenant", "root"),
-    ("accept", "a"), ("accept", "b"),
+    ("accept", "a"), ("accept", "b"), ("", "empty names are skipped"),
 ]
 
 
@@ -40,6 +40,8 @@ def test_reads_raw_value_and_value_alike() -> None:
         assert facts.headers["accept"] == "a,b"
         assert "x-extproc-upstream" not in facts.headers
         assert set(facts.stripped) == {"x-extproc-upstream", "x-extproc-tenant"}
+    underscored = ext_proc.request_facts(headers_msg([("x-extproc_tenant", "root")], True), "d")
+    assert underscored.stripped == ("x-extproc_tenant",)
 
 
 def _allowed():
@@ -71,7 +73,8 @@ def test_read_body_asks_for_buffered_partial() -> None:
     assert resp.mode_override.response_header_mode == resp.mode_override.SEND
     # Cleared already here (see read_body): a body that arrives late must not meet a stale route.
     common = resp.request_headers.response
-    assert common.clear_route_cache and common.HasField("header_mutation")
+    assert common.clear_route_cache
+    assert set(common.header_mutation.remove_headers) == {"x-extproc-upstream", "x-extproc-tenant"}
 
 
 def test_denial_is_an_immediate_response_with_json() -> None:

@@ -32,11 +32,11 @@ def facts(method: str = "POST", path: str = "/v1/chat/completions", eos: bool = 
 
 
 async def decide(p: Pipeline, f: RequestFacts, body: object = None, raw: bytes | None = None,
-                 complete: bool = True):
+                 truncated: bool = False):
     out = await p.on_request_headers(f)
     if isinstance(out, AwaitingBody):
         data = raw if raw is not None else json.dumps(body).encode()
-        return await p.on_request_body(f, out, data, complete)
+        return await p.on_request_body(f, out, data, truncated)
     return out
 
 
@@ -88,11 +88,12 @@ async def test_oversized_or_truncated_body_is_413() -> None:
     p = pipeline(b"request_body: {max_bytes: 100}\nrouting: {pools: [p], routes: [{pool: p}]}")
     big = await decide(p, facts(), raw=b"{" + b" " * 200 + b"}")
     assert big.reason is Reason.BODY_TOO_LARGE and big.status == 413
-    cut = await decide(p, facts(), raw=b'{"model": "x"', complete=False)
+    cut = await decide(p, facts(), raw=b'{"model": "x"', truncated=True)  # ext_authz's partial body
     assert cut.reason is Reason.BODY_TOO_LARGE
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b'"string"', b"\xff\xfe", b'{"a": 1} trailing'])
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b'"string"', b"\xff\xfe", b'{"a": 1} trailing',
+                                 b"[" * 5000 + b"]" * 5000, b'{"a":' * 3000 + b"1" + b"}" * 3000])
 async def test_non_json_body_is_400(raw: bytes) -> None:
     out = await decide(pipeline(), facts(), raw=raw)
     assert out.reason is Reason.INVALID_JSON and out.status == 400
@@ -110,5 +111,26 @@ async def test_snapshot_is_fixed_for_the_request_across_phases() -> None:
     pending = await p.on_request_headers(facts())
     assert isinstance(pending, AwaitingBody)
     holder.current = Snapshot(parse(b"routing: {pools: [z], routes: [{pool: z}]}", "new.yaml"))
-    out = await p.on_request_body(facts(), pending, b'{"model": "gpt-4o"}', True)
+    out = await p.on_request_body(facts(), pending, b'{"model": "gpt-4o"}')
     assert out.upstream == "pool-b"  # decided with the snapshot the request started with
+
+
+async def test_large_bodies_parse_off_the_loop_and_still_classify() -> None:
+    big = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * (600 << 10)}]}
+    out = await decide(pipeline(), facts(), big)
+    assert out.allowed and out.upstream == "pool-b"
+
+
+async def test_multipart_bodies_are_never_buffered() -> None:
+    f = facts("POST", "/v1/videos", **{"content-type": "multipart/form-data; boundary=x"})
+    out = await pipeline().on_request_headers(f)
+    assert not isinstance(out, AwaitingBody)
+    assert out.allowed and out.workload is WorkloadClass.VIDEO and out.model is None
+
+
+async def test_edge_markers_do_not_turn_other_paths_into_inference() -> None:
+    marked = facts("DELETE", "/internal/admin/x", eos=True, **{"x-inference-target": "edge"})
+    out = await pipeline().on_request_headers(marked)
+    assert not isinstance(out, AwaitingBody) and out.reason is Reason.UNKNOWN_WORKLOAD
+    chat = await decide(pipeline(), facts(**{"x-inference-target": "edge"}), {"model": "phi-3"})
+    assert chat.workload is WorkloadClass.EDGE_INFERENCE
