@@ -18,11 +18,13 @@ from extproc.config.identity_section import parse_access, parse_issuers
 from extproc.config.model import AuthMode, ListenerPolicy, PolicyConfig, UnknownAction
 from extproc.config.reader import ConfigError, Reader
 from extproc.domain.classify import ModelSource, RuleSpec, WorkloadClass
+from extproc.domain.facts import INTERNAL_HEADER_PREFIX
 from extproc.routing.table import RouteEntry
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 MAX_BODY_BYTES_CEILING = 64 << 20
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+_CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 _MODEL_SOURCES = {"body", "header", "path"}
 
@@ -36,19 +38,38 @@ def load_file(path: str | Path) -> PolicyConfig:
     return parse(text, source)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses duplicate keys (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, list | dict):
+                continue  # unhashable: left to the base class to reject
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def parse(text: bytes, source: str) -> PolicyConfig:
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(source, [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from exc
+    except RecursionError as exc:
+        raise ConfigError(source, ["not valid YAML (nested too deeply)"]) from exc
     r = Reader()
     if doc is None:
         doc = {}
     root = r.mapping(doc, "", {"version", "listeners", "request_body", "classification", "routing",
                                "identity", "access"})
-    if root.get("version", 1) != 1:
+    version = root.get("version", 1)
+    if type(version) is not int or version != 1:
         r.error("version", "only version 1 is supported")
     issuers = parse_issuers(r, root.get("identity"), source)
     access = parse_access(r, root.get("access"), {i.name for i in issuers})
@@ -78,8 +99,7 @@ def _listeners(r: Reader, value: Any, has_issuers: bool) -> tuple[ListenerPolicy
     """Per-listener policy; authentication defaults to required when issuers are configured."""
     default_auth = AuthMode.REQUIRED if has_issuers else AuthMode.NONE
     out = {"default": ListenerPolicy("default", authentication=default_auth)}
-    names = set(value) if isinstance(value, dict) else set()
-    for name, spec in r.mapping(value, "listeners", names).items():
+    for name, spec in r.free_mapping(value, "listeners").items():
         where = f"listeners.{name}"
         fields = r.mapping(spec, where, {"unknown_requests", "authentication"})
         action = r.choice(
@@ -139,22 +159,26 @@ def _rule(r: Reader, item: Any, where: str) -> RuleSpec | None:
             re.compile(regex)
         except re.error as exc:
             r.error(f"{where}.when.path_regex", f"invalid regex: {exc}")
-    hosts = tuple(str(h) for h in r.seq(when.get("hosts"), f"{where}.when.hosts"))
+    hosts = r.strings(when.get("hosts"), f"{where}.when.hosts")
     headers = []
-    for hname, hval in r.mapping(when.get("headers"), f"{where}.when.headers",
-                                 set(when.get("headers") or {})).items():
-        lname = str(hname).lower()
+    for hname, hval in r.free_mapping(when.get("headers"), f"{where}.when.headers").items():
+        lname = hname.lower()
         if not _HEADER_NAME.match(lname):
             r.error(f"{where}.when.headers.{hname}", "not a valid header name")
+        elif lname.replace("_", "-").startswith(INTERNAL_HEADER_PREFIX):
+            r.error(f"{where}.when.headers.{hname}", "x-extproc-* headers are removed before rules run")
+        if not isinstance(hval, str):
+            r.error(f"{where}.when.headers.{hname}", f"expected a string (quote it), got {hval!r}")
         headers.append((lname, str(hval)))
-    body = tuple(
-        (str(k), v)
-        for k, v in r.mapping(when.get("body"), f"{where}.when.body", set(when.get("body") or {})).items()
-    )
+    body = []
+    for key, want in r.free_mapping(when.get("body"), f"{where}.when.body").items():
+        if isinstance(want, list | dict):
+            r.error(f"{where}.when.body.{key}", "expected a scalar value or '*'")
+        body.append((key, want))
     model = _model_source(r, f.get("model"), f"{where}.model", regex)
     if len(r.errors) > before or workload is None:
         return None
-    return RuleSpec(name, workload, methods, path, prefix, regex, hosts, tuple(headers), body, model)
+    return RuleSpec(name, workload, methods, path, prefix, regex, hosts, tuple(headers), tuple(body), model)
 
 
 def _model_source(r: Reader, value: Any, where: str, regex: str | None) -> ModelSource | None:
@@ -170,6 +194,9 @@ def _model_source(r: Reader, value: Any, where: str, regex: str | None) -> Model
         return None
     if kind == "header":
         name = name.lower()
+        if not _HEADER_NAME.match(name) or name.replace("_", "-").startswith(INTERNAL_HEADER_PREFIX):
+            r.error(where, f"{name!r} is not a header a rule can read")
+            return None
     if kind == "path":
         groups = re.compile(regex).groupindex if regex and _compiles(regex) else {}
         if name not in groups:
@@ -188,7 +215,10 @@ def _compiles(regex: str) -> bool:
 
 def _routing(r: Reader, value: Any) -> tuple[tuple[str, ...], tuple[RouteEntry, ...]]:
     spec = r.mapping(value, "routing", {"pools", "routes"})
-    pools = tuple(str(p) for p in r.seq(spec.get("pools"), "routing.pools"))
+    pools = r.strings(spec.get("pools"), "routing.pools", unique=True)
+    for i, pool in enumerate(pools):
+        if not _CLUSTER_NAME.match(pool):
+            r.error(f"routing.pools[{i}]", f"{pool!r} is not a valid Envoy cluster name")
     if not pools:
         r.error("routing.pools", "list at least one upstream pool (an Envoy cluster name)")
     entries: list[RouteEntry] = []
@@ -210,6 +240,8 @@ def _routing(r: Reader, value: Any) -> tuple[tuple[str, ...], tuple[RouteEntry, 
             workload = r.choice(f["class"], f"{where}.class", WorkloadClass,
                                 ", ".join(w.value for w in WorkloadClass))
         model = r.typed(f.get("model"), f"{where}.model", str, None)
+        if model is not None and model.strip("*") == "":
+            r.error(f"{where}.model", "empty model pattern (omit the field to match any model)")
         tenant = r.typed(f.get("tenant"), f"{where}.tenant", str, None)
         entries.append(RouteEntry(rid, pool, workload, model, tenant))
     return pools, tuple(entries)

@@ -38,6 +38,33 @@ class Reader:
                 self.error(f"{where}.{key}" if where else str(key), f"unknown field{hint}")
         return value
 
+    def free_mapping(self, value: Any, where: str) -> dict[str, Any]:
+        """A mapping whose keys are names the user chooses (listeners, header names)."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.error(where, f"expected a mapping, got {type(value).__name__}")
+            return {}
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or not key:
+                self.error(where, f"keys must be non-empty strings, got {key!r}")
+            else:
+                out[key] = item
+        return out
+
+    def strings(self, value: Any, where: str, unique: bool = False) -> tuple[str, ...]:
+        """A list of non-empty strings."""
+        out: list[str] = []
+        for i, item in enumerate(self.seq(value, where)):
+            if not isinstance(item, str) or not item:
+                self.error(f"{where}[{i}]", f"expected a non-empty string, got {item!r}")
+            elif unique and item in out:
+                self.error(f"{where}[{i}]", f"{item!r} is listed twice")
+            else:
+                out.append(item)
+        return tuple(out)
+
     def seq(self, value: Any, where: str) -> list[Any]:
         if value is None:
             return []

@@ -61,13 +61,16 @@ class ConfigHolder:
         self._stat = key
         try:
             config = load_file(self.path)
-        except ConfigError as exc:
+        except Exception as exc:  # a loader bug must not look like a healthy reload either
+            errors = exc.errors if isinstance(exc, ConfigError) else [f"internal error: {exc!r}"]
             self.status = ReloadStatus(
-                self.status.version, self.status.loaded_at, str(exc), time.time()
+                self.status.version, self.status.loaded_at, "\n".join(errors), time.time()
             )
             log.error(
                 "config reload rejected; still serving the last good config",
-                extra={"config_version": self.status.version, "errors": exc.errors},
+                extra={"config_version": self.status.version, "errors": errors,
+                       "path": str(self.path)},
+                exc_info=not isinstance(exc, ConfigError),
             )
             return False
         if config.digest[:12] == self.current.version:
