@@ -38,7 +38,7 @@ class JwtAuthenticator:
     def __init__(self, cache: VerifiedTokenCache | None = None,
                  clock: Callable[[], float] = time.time,
                  unknown_kid_wait: float = UNKNOWN_KID_WAIT_SECONDS) -> None:
-        self.cache = cache or VerifiedTokenCache()
+        self.cache = cache if cache is not None else VerifiedTokenCache()
         self._clock = clock
         self._unknown_kid_wait = unknown_kid_wait
         self._issuers: dict[str, IssuerKeys] = {}

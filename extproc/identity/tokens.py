@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from extproc.domain.reasons import Reason
 from extproc.identity.spec import IssuerSpec
 
 MAX_TOKEN_BYTES = 8192
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 #: An ``exp`` further out than this is not seconds (JWT NumericDate); most likely milliseconds.
 MAX_EXP_AHEAD_SECONDS = 10 * 365 * 86400
 MAX_CLAIM_LENGTH = 256
@@ -65,7 +67,8 @@ def bearer_token(authorization: str | None, max_bytes: int = MAX_TOKEN_BYTES) ->
 
 
 def _b64decode(segment: str) -> bytes:
-    if not segment or "=" in segment:
+    # base64's decoder skips characters outside the alphabet: check them first.
+    if _B64URL.fullmatch(segment) is None or len(segment) % 4 == 1:
         raise ValueError("bad base64url")
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 

@@ -89,5 +89,5 @@ def test_empty_file_means_no_pools_error() -> None:
 
 
 def test_absurd_nesting_is_a_config_error_not_a_crash() -> None:
-    with pytest.raises(ConfigError, match="nested too deeply|not valid YAML"):
+    with pytest.raises(ConfigError, match=r"nested too deeply|not valid YAML"):
         parse(b"routing: " + b"[" * 20000 + b"]" * 20000, "deep.yaml")
