@@ -18,7 +18,7 @@ from aiohttp import web
 from extproc.devstack.demo import DEMO_CONFIG
 from extproc.devstack.envoy_config import EnvoyPorts, render
 from extproc.devstack.issuer import build_issuer_app
-from extproc.devstack.keys import DEFAULT_ISSUER, KeyStore, mint_token
+from extproc.devstack.keys import DEFAULT_ISSUER, KeyStore, SigningKey, mint_token
 from extproc.devstack.upstream import DemoPool
 from tests.support import Child, envoy_binary, free_port, sidecar_command, wait_http
 
@@ -88,9 +88,9 @@ class Stack:
     pools: PoolsThread | None = None
     _token: str | None = None
 
-    def token(self, tenant: str = "acme", plan: str = "pro",
-              scopes: tuple[str, ...] = ("inference",), **kw: Any) -> str:
-        return mint_token(self.keys.current(), tenant, plan, scopes, issuer=self.issuer, **kw)
+    def token(self, tenant: str = "acme", plan: str = "pro", scopes: tuple[str, ...] = ("inference",),
+              key: SigningKey | None = None, **kw: Any) -> str:
+        return mint_token(key or self.keys.current(), tenant, plan, scopes, issuer=self.issuer, **kw)
 
     @property
     def default_token(self) -> str:
