@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint typecheck unit e2e clean
+.PHONY: setup run test lint typecheck bench-identity clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ typecheck: setup
 
 test: setup lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
+
+bench-identity: setup
+	$(BIN)/python perf/bench_identity.py
 
 clean:
 	rm -rf $(VENV) .run

@@ -22,6 +22,10 @@ from extproc.identity.cache import VerifiedTokenCache
 from extproc.identity.jwks import IssuerKeys
 from extproc.identity.spec import IssuerSpec
 from extproc.identity.tokens import TokenError, bearer_token, identity_from_claims, parse
+from extproc.telemetry.metrics import TOKEN_CACHE
+
+_CACHE_HIT = TOKEN_CACHE.labels("hit")
+_CACHE_MISS = TOKEN_CACHE.labels("miss")
 
 log = logging.getLogger("extproc.identity")
 
@@ -96,7 +100,9 @@ class JwtAuthenticator:
         digest = self.cache.digest(token)
         cached = self.cache.get(digest, now)
         if cached is not None:
+            _CACHE_HIT.inc()
             return cached
+        _CACHE_MISS.inc()
         parsed = parse(token)
         keys = self._issuers.get(parsed.claims.get("iss"))  # type: ignore[arg-type]
         if keys is None:

@@ -21,6 +21,7 @@ import aiohttp
 
 from extproc.identity.keys import KeySet, build_keyset
 from extproc.identity.spec import IssuerSpec
+from extproc.telemetry.metrics import ISSUER_HEALTHY, ISSUER_KEYS, JWKS_FETCHES
 
 log = logging.getLogger("extproc.identity")
 
@@ -54,6 +55,8 @@ class IssuerKeys:
         if spec.static_jwks is not None:
             self.keyset = build_keyset(spec.static_jwks, spec.algorithms, spec.issuer)
             self.last_success = clock()
+            ISSUER_KEYS.labels(spec.name).set(len(self.keyset))
+            ISSUER_HEALTHY.labels(spec.name).set(1)
 
     @property
     def fetched(self) -> bool:
@@ -113,6 +116,8 @@ class IssuerKeys:
             if self.spec.jwks_uri is None:
                 self.jwks_uri = None  # rediscover next time: the jwks_uri may have moved
             self.last_error = str(exc)[:300]
+            JWKS_FETCHES.labels(self.spec.name, "error").inc()
+            ISSUER_HEALTHY.labels(self.spec.name).set(0)
             log.warning("JWKS refresh failed; keeping the last good keys",
                         extra={"issuer": self.spec.name, "error": self.last_error,
                                "have_keys": self.keyset is not None})
@@ -122,6 +127,9 @@ class IssuerKeys:
         self.last_success = self._clock()
         self.last_error = None
         self._max_age = max_age
+        JWKS_FETCHES.labels(self.spec.name, "ok").inc()
+        ISSUER_HEALTHY.labels(self.spec.name).set(1)
+        ISSUER_KEYS.labels(self.spec.name).set(len(keyset))
         if previous is not None:
             gone = frozenset(k.kid for k in previous.keys) - frozenset(k.kid for k in keyset.keys)
             if gone:

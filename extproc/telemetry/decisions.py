@@ -10,8 +10,10 @@ import logging
 
 from prometheus_client import Counter, Histogram
 
+from extproc.domain.classify import WorkloadClass
 from extproc.domain.decision import Decision
 from extproc.domain.facts import RequestFacts
+from extproc.domain.reasons import Reason
 
 log = logging.getLogger("extproc.decision")
 
@@ -35,10 +37,16 @@ class DecisionObserver:
         self._adapter = adapter
         self._seconds = DECISION_SECONDS.labels(adapter)
         self._errors = ERRORS.labels(adapter)
+        self._counters: dict[tuple[Reason, WorkloadClass], Counter] = {}
 
     def observe(self, decision: Decision, facts: RequestFacts, seconds: float) -> None:
-        outcome = "allow" if decision.allowed else "deny"
-        DECISIONS.labels(self._adapter, outcome, decision.reason.value, decision.workload.value).inc()
+        key = (decision.reason, decision.workload)
+        counter = self._counters.get(key)
+        if counter is None:  # bounded: reasons x classes
+            outcome = "allow" if decision.allowed else "deny"
+            counter = DECISIONS.labels(self._adapter, outcome, decision.reason.value, decision.workload.value)
+            self._counters[key] = counter
+        counter.inc()
         self._seconds.observe(seconds)
         if not decision.allowed:
             log.info(

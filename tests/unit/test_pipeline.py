@@ -134,3 +134,50 @@ async def test_edge_markers_do_not_turn_other_paths_into_inference() -> None:
     assert not isinstance(out, AwaitingBody) and out.reason is Reason.UNKNOWN_WORKLOAD
     chat = await decide(pipeline(), facts(**{"x-inference-target": "edge"}), {"model": "phi-3"})
     assert chat.workload is WorkloadClass.EDGE_INFERENCE
+
+
+async def test_authentication_modes_per_listener() -> None:
+    from tests.jwt_factory import AUDIENCE, ISSUER, TestKey, claims, token
+
+    key = TestKey.make("ec256", "k1")
+    policy = f"""
+identity:
+  issuers:
+    - name: idp
+      issuer: {ISSUER}
+      audiences: [{AUDIENCE}]
+      algorithms: [ES256]
+      jwks: {{keys: [{json.dumps(key.jwk())}]}}
+listeners:
+  default: {{authentication: required}}
+  partner: {{authentication: optional}}
+  open: {{authentication: none}}
+routing: {{pools: [p], routes: [{{pool: p}}]}}
+""".encode()
+    from extproc.identity.authenticator import JwtAuthenticator as Real
+
+    auth = Real()
+    config = parse(policy, "auth.yaml")
+    auth.configure(config.issuers)
+    p = Pipeline(Fixed(Snapshot(config)), auth)
+    good = f"Bearer {token(key, 'ES256', claims())}"
+    try:
+        none = await p.on_request_headers(facts("GET", "/v1/models", eos=True))
+        assert not isinstance(none, AwaitingBody) and none.status == 401
+        assert ("www-authenticate", 'Bearer realm="extproc"') in none.headers
+        ok = await p.on_request_headers(facts("GET", "/v1/models", eos=True, authorization=good))
+        assert not isinstance(ok, AwaitingBody) and ok.allowed and ok.tenant == "acme"
+        # optional: no token is anonymous, a bad token is still refused
+        anon = await p.on_request_headers(facts("GET", "/v1/models", eos=True, listener="partner"))
+        assert not isinstance(anon, AwaitingBody) and anon.allowed and anon.tenant == "anonymous"
+        bad = await p.on_request_headers(facts("GET", "/v1/models", eos=True, listener="partner",
+                                               authorization="Bearer x.y.z"))
+        assert not isinstance(bad, AwaitingBody) and bad.reason is Reason.MALFORMED_TOKEN
+        challenge = dict(bad.headers)["www-authenticate"]
+        assert 'error="invalid_token"' in challenge and "error_description=" in challenge
+        # none: tokens are not even looked at
+        ignored = await p.on_request_headers(facts("GET", "/v1/models", eos=True, listener="open",
+                                                   authorization="Bearer x.y.z"))
+        assert not isinstance(ignored, AwaitingBody) and ignored.allowed and ignored.tenant == "anonymous"
+    finally:
+        await auth.close()
