@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extproc.identity.authenticator import JwtAuthenticator
 from extproc.pipeline import Pipeline
+from extproc.services.ext_authz import AuthorizationService
 from extproc.services.ext_proc import ExternalProcessorService
 from tests.support import free_port, route_pool
 
@@ -199,3 +200,40 @@ async def test_config_reload_is_live_and_bad_file_is_reported(worker) -> None:
     assert "not valid YAML" in w.status()["config"]["last_error"]
     assert w.config.current.version == good_version
     assert await pool_for_mini() == "pool-b"
+
+
+async def test_listener_policy_comes_from_grpc_metadata() -> None:
+    from extproc.config.loader import parse
+    from extproc.config.model import Snapshot
+
+    class Holder:
+        current = Snapshot(parse(b"""
+listeners:
+  internal: {unknown_requests: allow}
+routing: {pools: [p], routes: [{id: all, pool: p}]}
+""", "listeners.yaml"))
+
+    server = grpc.aio.server()
+    pipeline = Pipeline(Holder(), JwtAuthenticator())
+    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessorService(pipeline), server)
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationService(pipeline), server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = external_processor_pb2_grpc.ExternalProcessorStub(channel)
+            for metadata, allowed in ((None, False), ((("x-extproc-listener", "internal"),), True),
+                                      ((("x-extproc-listener", "nope"),), False)):
+                call = stub.Process(metadata=metadata)
+                await call.write(headers("GET", "/internal/thing", eos=True))
+                resp = await call.read()
+                assert resp.HasField("immediate_response") is not allowed, metadata
+                await call.done_writing()
+            req = authz_pb.CheckRequest()
+            req.attributes.request.http.method, req.attributes.request.http.path = "GET", "/internal/x"
+            authz = external_auth_pb2_grpc.AuthorizationStub(channel)
+            assert (await authz.Check(req, metadata=(("x-extproc-listener", "internal"),))).status.code == 0
+            assert (await authz.Check(req)).denied_response.status.code == 404
+    finally:
+        await server.stop(None)
