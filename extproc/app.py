@@ -26,6 +26,10 @@ from extproc.config.reloader import ConfigHolder
 from extproc.envoy_api import ext_authz, ext_proc
 from extproc.identity.authenticator import JwtAuthenticator
 from extproc.pipeline import Pipeline
+from extproc.quota.local_store import LocalLimiter
+from extproc.quota.redis_client import client_from_url
+from extproc.quota.redis_store import RedisQuotaStore
+from extproc.quota.service import QuotaService
 from extproc.services.admin_http import build_admin_app
 from extproc.services.ext_authz import AuthorizationService
 from extproc.services.ext_proc import ExternalProcessorService
@@ -51,7 +55,11 @@ class Worker:
         self.settings = settings
         self.config = ConfigHolder(settings.config_path)
         self.identity = JwtAuthenticator()
-        self.pipeline = Pipeline(self.config, self.identity)
+        self.redis = (client_from_url(settings.redis_url, settings.redis_timeout_ms / 1000)
+                      if settings.redis_url else None)
+        store = RedisQuotaStore(self.redis, settings.redis_timeout_ms / 1000) if self.redis else None
+        self.quota = QuotaService(store, LocalLimiter(self.config.current.quotas.replicas))
+        self.pipeline = Pipeline(self.config, self.identity, self.quota)
         self.health = health.aio.HealthServicer()
         self.serving = False
         self.started_at = time.time()
@@ -71,11 +79,17 @@ class Worker:
                 "last_error_at": st.last_error_at,
             },
             "issuers": self.identity.status(),
+            "quota_store": {
+                "configured": self.redis is not None,
+                "breaker": self.quota.store.breaker.state if isinstance(self.quota.store, RedisQuotaStore)
+                else None,
+            },
         }
 
     async def run(self, stop: asyncio.Event) -> None:
         server = grpc.aio.server(options=_GRPC_OPTIONS)
-        ext_proc.add_to_server(ExternalProcessorService(self.pipeline), server)
+        ext_proc_service = ExternalProcessorService(self.pipeline)
+        ext_proc.add_to_server(ext_proc_service, server)
         ext_authz.add_to_server(AuthorizationService(self.pipeline), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for address in self.settings.listen:
@@ -106,7 +120,10 @@ class Worker:
             await asyncio.sleep(self.settings.shutdown_delay)
         await server.stop(grace=self.settings.drain_seconds)
         watcher.cancel()
+        await ext_proc_service.drain()  # settle what ended during the drain
         await self.identity.close()
+        if self.redis is not None:
+            await self.redis.aclose()
         if admin is not None:
             await admin.cleanup()
         log.info("stopped")
@@ -137,11 +154,13 @@ def worker_command(settings: Settings, index: int) -> list[str]:
     ws = settings.for_worker(index)
     cmd = [sys.executable, "-m", "extproc", "serve", "--config", str(ws.config_path),
            "--drain-seconds", str(ws.drain_seconds), "--shutdown-delay", str(ws.shutdown_delay),
-           "--log-level", ws.log_level,
+           "--log-level", ws.log_level, "--redis-timeout-ms", str(ws.redis_timeout_ms),
            "--worker-index", str(index)]
     for address in ws.listen:
         cmd += ["--listen", address]
     cmd += ["--admin", ws.admin] if ws.admin else ["--no-admin"]
+    if ws.redis_url:
+        cmd += ["--redis-url", ws.redis_url]
     return cmd
 
 

@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--shutdown-delay", type=float, default=float(env_default("SHUTDOWN_DELAY", "0")),
                    help="seconds to keep serving while reporting NOT_SERVING before draining")
     s.add_argument("--log-level", default=env_default("LOG_LEVEL", "info"))
+    s.add_argument("--redis-url", default=env_default("REDIS_URL", "") or None,
+                   help="quota store: redis://, rediss://, redis+sentinel://, redis+cluster://")
+    s.add_argument("--redis-timeout-ms", type=int, default=int(env_default("REDIS_TIMEOUT_MS", "50")),
+                   help="per-call Redis timeout (keep well under Envoy's message_timeout)")
     s.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
 
     c = sub.add_parser("check-config", help="validate a policy file; non-zero exit on errors")
@@ -130,6 +134,8 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         drain_seconds=args.drain_seconds,
         shutdown_delay=args.shutdown_delay,
+        redis_url=args.redis_url,
+        redis_timeout_ms=args.redis_timeout_ms,
         log_level=args.log_level,
     )
     if settings.workers > 1:

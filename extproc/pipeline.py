@@ -1,4 +1,4 @@
-"""The hot path, top to bottom: identify → classify → authorize → (quota) → route → Decision.
+"""The hot path, top to bottom: identify → classify → authorize → route → quota → Decision.
 
 Policy steps over the facts Envoy sent and the current config snapshot. The
 gRPC adapters (``services/``) call ``on_request_headers`` and, when the deciding
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from extproc.config.model import AuthMode, ListenerPolicy, Snapshot, UnknownAction
 from extproc.domain.authorize import authorize
@@ -25,6 +26,8 @@ from extproc.domain.reasons import Reason
 from extproc.identity.authenticator import IdentityUnavailable
 from extproc.identity.base import Authenticator
 from extproc.identity.tokens import TokenError
+from extproc.quota import headers as quota_headers
+from extproc.quota.service import QuotaService
 
 
 class SnapshotSource(Protocol):
@@ -44,9 +47,11 @@ class AwaitingBody:
 
 
 class Pipeline:
-    def __init__(self, config: SnapshotSource, authenticator: Authenticator) -> None:
+    def __init__(self, config: SnapshotSource, authenticator: Authenticator,
+                 quota: QuotaService | None = None) -> None:
         self._config = config
         self._authenticator = authenticator
+        self._quota = quota or QuotaService(None)
 
     async def on_request_headers(self, facts: RequestFacts) -> Decision | AwaitingBody:
         snapshot = self._config.current
@@ -62,7 +67,7 @@ class Pipeline:
         if cls is NEEDS_BODY:
             return AwaitingBody(snapshot, decision_id, identity)
         assert isinstance(cls, Classification)
-        return self._decide(snapshot, decision_id, facts, identity, cls)
+        return await self._decide(snapshot, decision_id, facts, identity, cls, None)
 
     async def on_request_body(
         self, facts: RequestFacts, pending: AwaitingBody, raw: bytes, truncated: bool = False
@@ -90,7 +95,7 @@ class Pipeline:
             if not isinstance(body, dict):
                 return deny(decision_id, Reason.INVALID_JSON, "request body must be a JSON object")
         cls = snapshot.classifier.classify(facts.method, facts.path, facts.host, facts.headers, body)
-        return self._decide(snapshot, decision_id, facts, identity, cls)
+        return await self._decide(snapshot, decision_id, facts, identity, cls, body)
 
     async def _identify(
         self, decision_id: str, listener: ListenerPolicy, facts: RequestFacts
@@ -109,9 +114,9 @@ class Pipeline:
             return deny(decision_id, Reason.IDENTITY_PROVIDER_UNAVAILABLE,
                         f"cannot verify tokens right now: {exc}")
 
-    def _decide(
+    async def _decide(
         self, snapshot: Snapshot, decision_id: str, facts: RequestFacts, identity: Identity,
-        cls: Classification,
+        cls: Classification, body: Mapping[str, Any] | None,
     ) -> Decision:
         # 3. Unknown work is refused unless this listener allows it.
         if (
@@ -124,15 +129,35 @@ class Pipeline:
         refusal = authorize(snapshot.access, identity, cls, facts.listener)
         if refusal is not None:
             return deny(decision_id, refusal.reason, refusal.message, cls, identity, policy=refusal.rule)
-        # 5. Quota admission arrives with the quota issue (one Redis round trip here).
-        # 6. Route: the first matching table entry names the upstream pool.
+        # 5. Route: the first matching table entry names the upstream pool.
         entry = snapshot.routes.lookup(cls.workload, cls.model, identity.tenant)
         if entry is None:
             return deny(
                 decision_id, Reason.NO_ROUTE,
                 f"no route for class={cls.workload.value} model={cls.model or '-'}", cls, identity,
             )
-        return allow(decision_id, cls, identity, entry.pool, entry.id)
+        # 6. Quota: every applicable limit in ONE Redis call; nothing is consumed on a refusal.
+        ticket = await self._quota.admit(snapshot.quotas, identity, cls, entry.id, body, decision_id)
+        if ticket is None:
+            return allow(decision_id, cls, identity, entry.pool, entry.id)
+        admission = ticket.admission
+        if admission.degraded == "closed":
+            return deny(decision_id, Reason.QUOTA_STORE_UNAVAILABLE,
+                        "quotas cannot be checked right now (quota store unavailable); try again",
+                        cls, identity, headers=(("retry-after", "1"),), degraded="closed")
+        if admission.blocking is not None:
+            reason, message, headers, details = quota_headers.denial(admission)
+            return deny(decision_id, reason, message, cls, identity, headers=tuple(headers),
+                        policy=admission.blocking.limit.policy.name, details=tuple(details.items()),
+                        degraded=admission.degraded)
+        return replace(allow(decision_id, cls, identity, entry.pool, entry.id), quota=ticket,
+                       response_headers=tuple(quota_headers.allowed(admission)),
+                       degraded=admission.degraded)
+
+    async def settle(self, decision: Decision, actual_tokens: int | None = None) -> None:
+        """The request is over: release its lease, true up its reservation (once)."""
+        if decision.quota is not None:
+            await self._quota.settle(decision.quota, decision.decision_id, actual_tokens)
 
 
 #: Bodies at least this large are parsed in a worker thread, off the event loop.

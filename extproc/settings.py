@@ -21,6 +21,8 @@ class Settings:
     shutdown_delay: float = 0.0
     reload_interval: float = 1.0
     log_level: str = "info"
+    redis_url: str | None = None
+    redis_timeout_ms: int = 50
 
     def for_worker(self, index: int) -> Settings:
         """Worker ``index`` of N: TCP ports offset by index; sockets get a ``-index`` suffix."""

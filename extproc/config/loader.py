@@ -16,6 +16,7 @@ import yaml
 from extproc.config.builtin_rules import BUILTIN_RULES
 from extproc.config.identity_section import parse_access, parse_issuers
 from extproc.config.model import AuthMode, ListenerPolicy, PolicyConfig, UnknownAction
+from extproc.config.quota_section import parse_quotas
 from extproc.config.reader import ConfigError, Reader
 from extproc.domain.classify import ModelSource, RuleSpec, WorkloadClass
 from extproc.domain.facts import INTERNAL_HEADER_PREFIX
@@ -67,7 +68,7 @@ def parse(text: bytes, source: str) -> PolicyConfig:
     if doc is None:
         doc = {}
     root = r.mapping(doc, "", {"version", "listeners", "request_body", "classification", "routing",
-                               "identity", "access"})
+                               "identity", "access", "quotas"})
     version = root.get("version", 1)
     if type(version) is not int or version != 1:
         r.error("version", "only version 1 is supported")
@@ -80,6 +81,7 @@ def parse(text: bytes, source: str) -> PolicyConfig:
         r.error("request_body.max_bytes", f"must be between 1 and {MAX_BODY_BYTES_CEILING}")
     rules = _classification(r, root.get("classification"))
     pools, routes = _routing(r, root.get("routing"))
+    quotas = parse_quotas(r, root.get("quotas"), {route.id for route in routes})
     if r.errors:
         raise ConfigError(source, r.errors)
     return PolicyConfig(
@@ -92,6 +94,7 @@ def parse(text: bytes, source: str) -> PolicyConfig:
         routes=routes,
         issuers=issuers,
         access=access,
+        quotas=quotas,
     )
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from extproc.domain.authorize import AccessRule
 from extproc.domain.classify import Classifier, RuleSpec
 from extproc.identity.spec import IssuerSpec
+from extproc.quota.spec import QuotaSettings
 from extproc.routing.table import RouteEntry, RouteTable
 
 
@@ -44,12 +45,14 @@ class PolicyConfig:
     routes: tuple[RouteEntry, ...]
     issuers: tuple[IssuerSpec, ...] = ()
     access: tuple[AccessRule, ...] = ()
+    quotas: QuotaSettings = field(default_factory=QuotaSettings)
 
 
 class Snapshot:
     """A compiled config: what the pipeline reads per request. Immutable, swapped by reference."""
 
-    __slots__ = ("access", "classifier", "config", "listeners", "max_body_bytes", "routes", "version")
+    __slots__ = ("access", "classifier", "config", "listeners", "max_body_bytes", "quotas", "routes",
+                 "version")
 
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config
@@ -59,6 +62,7 @@ class Snapshot:
         self.routes = RouteTable(config.routes, config.pools)
         self.listeners = {lp.name: lp for lp in config.listeners}
         self.access = config.access
+        self.quotas = config.quotas
 
     def listener(self, name: str) -> ListenerPolicy:
         return self.listeners.get(name) or self.listeners["default"]

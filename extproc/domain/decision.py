@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from extproc.domain.classify import Classification, WorkloadClass
 from extproc.domain.identity import Identity
@@ -25,8 +26,16 @@ class Decision:
     route: str | None = None
     #: Extra headers a denial carries to the client (e.g. ``www-authenticate``).
     headers: tuple[tuple[str, str], ...] = ()
-    #: The access rule that denied (authorization), for the error body and the record.
+    #: The access rule or quota policy that denied, for the error body and the record.
     policy: str | None = None
+    #: Extra fields of the denial's ``error`` object (limit, window, used, reset…).
+    details: tuple[tuple[str, Any], ...] = ()
+    #: Headers for the client's response on an allowed request (remaining quota…).
+    response_headers: tuple[tuple[str, str], ...] = ()
+    #: Opaque to the adapters: what quota settlement needs (``quota.service.QuotaTicket``).
+    quota: Any = None
+    #: Set when a dependency was down and a declared failure mode decided ("open", "local"…).
+    degraded: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -78,6 +87,7 @@ class Decision:
         }
         if self.policy:
             error["policy"] = self.policy
+        error.update(self.details)
         return json.dumps({"error": error}, separators=(",", ":")).encode()
 
     def denial_headers(self) -> list[tuple[str, str]]:
@@ -86,7 +96,16 @@ class Decision:
             ("content-type", "application/json"),
             ("x-extproc-decision-id", self.decision_id),
             *self.headers,
+            *self._degraded_header(),
         ]
+
+    def client_headers(self) -> list[tuple[str, str]]:
+        """Headers added to the upstream's response on an allowed request."""
+        return [("x-extproc-decision-id", self.decision_id), *self.response_headers,
+                *self._degraded_header()]
+
+    def _degraded_header(self) -> list[tuple[str, str]]:
+        return [("x-extproc-degraded", f"quota-store-{self.degraded}")] if self.degraded else []
 
 
 def allow(
@@ -112,6 +131,8 @@ def deny(
     identity: Identity | None = None,
     headers: tuple[tuple[str, str], ...] = (),
     policy: str | None = None,
+    details: tuple[tuple[str, Any], ...] = (),
+    degraded: str | None = None,
 ) -> Decision:
     return Decision(
         decision_id=decision_id,
@@ -123,4 +144,6 @@ def deny(
         tenant=identity.tenant if identity else None,
         headers=headers,
         policy=policy,
+        details=details,
+        degraded=degraded,
     )

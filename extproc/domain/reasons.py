@@ -34,6 +34,10 @@ class Reason(StrEnum):
     ROLE_NOT_ALLOWED = "role_not_allowed"
     PLAN_NOT_ALLOWED = "plan_not_allowed"
     ISSUER_NOT_ALLOWED = "issuer_not_allowed"
+    # 429: over a quota.
+    RATE_LIMITED = "rate_limited"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    CONCURRENCY_LIMITED = "concurrency_limited"
     # Request shape and routing.
     UNKNOWN_WORKLOAD = "unknown_workload"
     NO_ROUTE = "no_route"
@@ -41,6 +45,7 @@ class Reason(StrEnum):
     INVALID_JSON = "invalid_json"
     INTERNAL_ERROR = "internal_error"
     IDENTITY_PROVIDER_UNAVAILABLE = "identity_provider_unavailable"
+    QUOTA_STORE_UNAVAILABLE = "quota_store_unavailable"
 
     @property
     def status(self) -> int:
@@ -80,6 +85,10 @@ _STATUS: dict[Reason, int] = {
     Reason.INVALID_JSON: 400,
     Reason.INTERNAL_ERROR: 503,
     Reason.IDENTITY_PROVIDER_UNAVAILABLE: 503,
+    Reason.QUOTA_STORE_UNAVAILABLE: 503,
+    Reason.RATE_LIMITED: 429,
+    Reason.BUDGET_EXHAUSTED: 429,
+    Reason.CONCURRENCY_LIMITED: 429,
 }
 
 # OpenAI-compatible `error.type` values, so existing client SDKs map them sensibly.
@@ -93,4 +102,8 @@ _ERROR_TYPE: dict[Reason, str] = {
     Reason.INVALID_JSON: "invalid_request_error",
     Reason.INTERNAL_ERROR: "server_error",
     Reason.IDENTITY_PROVIDER_UNAVAILABLE: "server_error",
+    Reason.QUOTA_STORE_UNAVAILABLE: "server_error",
+    Reason.RATE_LIMITED: "rate_limit_error",
+    Reason.BUDGET_EXHAUSTED: "insufficient_quota",
+    Reason.CONCURRENCY_LIMITED: "rate_limit_error",
 }

@@ -59,7 +59,7 @@ def response(decision: Decision, facts: RequestFacts) -> pb.CheckResponse:
         ok_response=pb.OkHttpResponse(
             headers=[header_option(k, v, raw=False) for k, v in upstream],
             headers_to_remove=removals(facts, upstream),
-            response_headers_to_add=[header_option("x-extproc-decision-id", decision.decision_id, raw=False)],
+            response_headers_to_add=[header_option(k, v, raw=False) for k, v in decision.client_headers()],
         ),
         dynamic_metadata=meta,
     )

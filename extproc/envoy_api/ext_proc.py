@@ -110,11 +110,11 @@ def immediate(decision: Decision) -> pb.ProcessingResponse:
     )
 
 
-def response_headers(decision_id: str | None) -> pb.ProcessingResponse:
-    """Tag the upstream's response with the decision id the client can quote."""
+def response_headers(headers: list[tuple[str, str]]) -> pb.ProcessingResponse:
+    """Tag the upstream's response: decision id, remaining quota, degraded mode."""
     common = pb.CommonResponse()
-    if decision_id:
-        common.header_mutation.set_headers.append(header_option("x-extproc-decision-id", decision_id))
+    if headers:
+        common.header_mutation.set_headers.extend(header_option(k, v) for k, v in headers)
     return pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
 
 

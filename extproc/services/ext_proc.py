@@ -19,22 +19,45 @@ _ADAPTER = "ext_proc"
 _UNREADABLE = RequestFacts(method="", path="", host="", headers={})
 
 
+class _Stream:
+    """What outlives one ext_proc stream's loop: the decision to settle at its end."""
+
+    __slots__ = ("decision",)
+
+    def __init__(self) -> None:
+        self.decision: Decision | None = None
+
+
 class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
         self._observer = DecisionObserver(_ADAPTER)
+        self._settling: set[asyncio.Task[None]] = set()
 
     async def Process(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
+        stream = _Stream()
         try:
-            await self._process(context)
+            await self._process(context, stream)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             # Envoy cancels the stream when the client goes away or the request
             # ends early: a normal end, nothing to report.
             return
         except grpc.aio.UsageError:
             return  # write after the RPC finished (cancelled under us)
+        finally:
+            # The HTTP request is over (completed, reset or aborted): settle its quota.
+            # A task of its own, so a cancelled stream cannot cancel the settlement.
+            if stream.decision is not None and stream.decision.quota is not None:
+                task = asyncio.get_running_loop().create_task(self._pipeline.settle(stream.decision))
+                self._settling.add(task)
+                task.add_done_callback(self._settling.discard)
 
-    async def _process(self, context: grpc.aio.ServicerContext) -> None:
+    async def drain(self) -> None:
+        """Wait for settlements still in flight (shutdown)."""
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
+
+    async def _process(self, context: grpc.aio.ServicerContext, stream: _Stream) -> None:
         listener = listener_name(context)
         facts: RequestFacts | None = None
         pending: AwaitingBody | None = None
@@ -57,7 +80,7 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
                     pending = outcome
                     response = codec.read_body(facts)
                 else:
-                    decision = outcome
+                    decision = stream.decision = outcome
                     self._observer.observe(decision, facts, time.perf_counter() - started)
                     response = codec.decided(decision, facts, "headers")
             elif kind == "request_body" and pending is not None and facts is not None:
@@ -69,13 +92,17 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
                     decision = internal_error(_ADAPTER)
                     self._observer.error()
                 pending = None
+                stream.decision = decision
                 self._observer.observe(decision, facts, time.perf_counter() - started)
                 response = codec.decided(decision, facts, "body")
             elif kind == "response_headers":
                 # A local reply (e.g. Envoy's request timeout) may come while we still wait
                 # for the body: the id we already made names the request all the same.
-                decision_id = decision.decision_id if decision else pending.decision_id if pending else None
-                response = codec.response_headers(decision_id)
+                if decision is not None:
+                    response = codec.response_headers(decision.client_headers())
+                else:
+                    waiting = [("x-extproc-decision-id", pending.decision_id)] if pending else []
+                    response = codec.response_headers(waiting)
             else:
                 response = codec.passthrough(kind)
             await context.write(response)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 JWKS_FETCHES = Counter(
     "extproc_jwks_fetches_total", "JWKS (and discovery) fetches by issuer and result",
@@ -16,3 +16,16 @@ ISSUER_HEALTHY = Gauge(
 TOKEN_CACHE = Counter(
     "extproc_token_cache_total", "Verified-token cache lookups by result", ["result"],
 )
+
+REDIS_SECONDS = Histogram(
+    "extproc_redis_command_duration_seconds", "Redis script latency by operation", ["op"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+REDIS_ERRORS = Counter("extproc_redis_errors_total", "Redis failures by operation and error", ["op", "error"])
+BREAKER_STATE = Gauge("extproc_quota_breaker_open", "1 while the quota store's circuit breaker is open")
+DEGRADED = Counter(
+    "extproc_degraded_decisions_total", "Decisions made without the shared quota store, by failure mode",
+    ["mode"],
+)
+QUOTA_DENIALS = Counter("extproc_quota_denials_total", "Quota denials by policy and dimension",
+                        ["policy", "dimension", "enforced"])

@@ -1,0 +1,144 @@
+-- Admission: check every limit of one request and, only if all enforced ones pass,
+-- consume them all. One call per request; every key carries the tenant's hash tag.
+--
+-- KEYS[i]  the i-th limit's key
+-- ARGV[1]  now in ms, or '' to use Redis TIME (one clock for every sidecar replica)
+-- ARGV[2]  lease id (the decision id)
+-- then 6 values per limit: kind, enforce ('1'|'0'), a, b, c, d
+--   gcra         a=period_ms b=limit c=burst d=cost          (request and token rates)
+--   budget       a=limit b=cost c='day'|'month' d=utc_offset_s (calendar budgets)
+--   concurrency  a=limit b=lease_ttl_ms                       (in-flight requests)
+-- Returns {first_blocking_index (0 = admitted), now_ms,
+--          then per limit: allowed, remaining, retry_ms, reset_ms, used}
+
+local function now_ms()
+  if ARGV[1] ~= '' then return tonumber(ARGV[1]) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Howard Hinnant's civil calendar algorithms (proleptic Gregorian).
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = (m + 9) % 12
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+local function civil_from_days(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  if m <= 2 then y = y + 1 end
+  return y, m
+end
+
+-- The calendar period containing `now` in the tenant's time zone: id and end (ms).
+local function period(kind, now, offset_s)
+  local day = math.floor((math.floor(now / 1000) + offset_s) / 86400)
+  if kind == 'day' then
+    return day, ((day + 1) * 86400 - offset_s) * 1000
+  end
+  local y, m = civil_from_days(day)
+  local ny, nm = y, m + 1
+  if nm > 12 then ny, nm = y + 1, 1 end
+  return y * 12 + m, (days_from_civil(ny, nm, 1) * 86400 - offset_s) * 1000
+end
+
+local now = now_ms()
+local lease = ARGV[2]
+local out = {0, now}
+local apply = {}
+local blocking = 0
+
+for i = 1, #KEYS do
+  local base = 2 + (i - 1) * 6
+  local kind, enforce = ARGV[base + 1], ARGV[base + 2] == '1'
+  local a, b, c, d = ARGV[base + 3], ARGV[base + 4], ARGV[base + 5], ARGV[base + 6]
+  local key = KEYS[i]
+  local allowed, remaining, retry, reset, used = 0, 0, 0, 0, 0
+
+  if kind == 'gcra' then
+    local period_ms, limit, burst, cost = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
+    local t = period_ms / limit          -- emission interval: one unit every t ms
+    local tolerance = burst * t
+    local tat = tonumber(redis.call('GET', key)) or now
+    if tat < now then tat = now end
+    local new_tat = tat + cost * t
+    used = math.ceil((tat - now) / t)
+    if new_tat - now <= tolerance then
+      allowed = 1
+      remaining = math.floor((tolerance - (new_tat - now)) / t)
+      reset = math.ceil(new_tat - now)
+      apply[i] = {'gcra', new_tat}
+    else
+      remaining = math.max(0, math.floor((tolerance - (tat - now)) / t))
+      retry = math.ceil(new_tat - now - tolerance)
+      if cost > burst then retry = -1 end   -- can never fit: larger than the burst
+      reset = math.ceil(tat - now)
+    end
+  elseif kind == 'budget' then
+    local limit, cost = tonumber(a), tonumber(b)
+    local pid, pend = period(c, now, tonumber(d))
+    local stored = redis.call('HMGET', key, 'p', 'u')
+    if tonumber(stored[1]) == pid then used = tonumber(stored[2]) or 0 end
+    reset = pend - now
+    if used + cost <= limit then
+      allowed = 1
+      remaining = limit - used - cost
+      apply[i] = {'budget', pid, used + cost, pend}
+    else
+      remaining = math.max(0, limit - used)
+      retry = reset
+    end
+  elseif kind == 'concurrency' then
+    local limit, ttl = tonumber(a), tonumber(b)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)   -- leases of crashed sidecars expire
+    used = redis.call('ZCARD', key)
+    if used < limit then
+      allowed = 1
+      remaining = limit - used - 1
+      apply[i] = {'lease', now + ttl, ttl}
+    else
+      retry = 1000   -- a slot frees when any in-flight request ends
+    end
+  else
+    return redis.error_reply('unknown limit kind ' .. tostring(kind))
+  end
+
+  if allowed == 0 and enforce and blocking == 0 then blocking = i end
+  out[#out + 1] = allowed
+  out[#out + 1] = remaining
+  out[#out + 1] = retry
+  out[#out + 1] = reset
+  out[#out + 1] = used
+end
+
+if blocking == 0 then
+  for i = 1, #KEYS do
+    local p = apply[i]
+    if p then
+      local key = KEYS[i]
+      if p[1] == 'gcra' then
+        redis.call('SET', key, p[2], 'PX', math.ceil(p[2] - now) + 1000)
+      elseif p[1] == 'budget' then
+        redis.call('HSET', key, 'p', p[2], 'u', p[3])
+        redis.call('PEXPIREAT', key, p[4] + 86400000)
+      else
+        redis.call('ZADD', key, p[2], lease)
+        redis.call('PEXPIRE', key, p[3])
+      end
+    end
+  end
+end
+out[1] = blocking
+return out

@@ -1,0 +1,135 @@
+"""Which limits apply to a request, and its cost estimate (pure)."""
+
+from __future__ import annotations
+
+import json
+import re
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from extproc.domain.classify import Classification
+from extproc.domain.identity import Identity
+from extproc.quota.spec import Budget, QuotaPolicy, QuotaSettings, Rate, Unit
+
+_SAFE_TAG = re.compile(r"[A-Za-z0-9._@:-]{1,128}")
+_MAX_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_PROMPT_FIELDS = ("messages", "prompt", "input", "system", "contents")
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One limit, ready for the store: key, kind and arguments, and the policy it came from."""
+
+    policy: QuotaPolicy
+    dimension: str  # "requests" | "tokens" | "budget" | "concurrency"
+    key: str
+    kind: str  # "gcra" | "budget" | "concurrency"
+    args: tuple[str, str, str, str]
+    limit: int
+    window: str  # for headers and messages: "60s", "day", "month", "in-flight"
+    cost: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaPlan:
+    tenant_tag: str
+    limits: tuple[Limit, ...]
+    estimate_tokens: int
+
+    def __bool__(self) -> bool:
+        return bool(self.limits)
+
+
+def tenant_tag(tenant: str) -> str:
+    """The Redis hash tag of a tenant: every key of one tenant lands in one cluster slot."""
+    if _SAFE_TAG.fullmatch(tenant):
+        return tenant
+    import hashlib
+
+    return "h-" + hashlib.sha256(tenant.encode()).hexdigest()[:32]
+
+
+def _matches(pattern: str | None, value: str | None) -> bool:
+    if pattern is None:
+        return True
+    if value is None:
+        return False
+    return value.startswith(pattern[:-1]) if pattern.endswith("*") else value == pattern
+
+
+def applies(p: QuotaPolicy, identity: Identity, cls: Classification, route: str | None) -> bool:
+    return (
+        _matches(p.tenant, identity.tenant)
+        and _matches(p.plan, identity.plan)
+        and (p.workload is None or p.workload is cls.workload)
+        and _matches(p.model, cls.model)
+        and _matches(p.route, route)
+    )
+
+
+def estimate_tokens(body: Mapping[str, Any] | None, default_max_tokens: int) -> int:
+    """Prompt size (about 4 bytes a token) plus the completion budget the request asks for."""
+    if body is None:
+        return default_max_tokens
+    prompt = 0
+    for name in _PROMPT_FIELDS:
+        if name in body:
+            value = body[name]
+            prompt += len(value) if isinstance(value, str) else len(json.dumps(value, ensure_ascii=False))
+    completion = default_max_tokens
+    for name in _MAX_TOKEN_FIELDS:
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            completion = value
+            break
+    return max(1, prompt // 4) + completion
+
+
+@lru_cache(maxsize=256)
+def _zone(name: str) -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(name)
+
+
+def utc_offset_seconds(timezone: str, now: datetime | None = None) -> int:
+    """The zone's current UTC offset (DST-aware at the moment of the request)."""
+    offset = (now or datetime.now(_zone(timezone))).astimezone(_zone(timezone)).utcoffset()
+    return int(offset.total_seconds()) if offset else 0
+
+
+def _rate(policy: QuotaPolicy, dim: str, tag: str, rate: Rate, cost: int) -> Limit:
+    return Limit(policy, dim, f"xq:{{{tag}}}:{dim[0]}:{policy.name}", "gcra",
+                 (str(rate.period_ms), str(rate.limit), str(rate.burst), str(cost)),
+                 rate.limit, f"{rate.window_s}s", cost)
+
+
+def _budget(policy: QuotaPolicy, tag: str, budget: Budget, cost: int) -> Limit:
+    offset = utc_offset_seconds(budget.timezone)
+    return Limit(policy, "budget", f"xq:{{{tag}}}:b:{policy.name}", "budget",
+                 (str(budget.limit), str(cost), budget.period, str(offset)),
+                 budget.limit, budget.period, cost)
+
+
+def plan(settings: QuotaSettings, identity: Identity, cls: Classification, route: str | None,
+         body: Mapping[str, Any] | None) -> QuotaPlan:
+    tag = tenant_tag(identity.tenant)
+    estimate = estimate_tokens(body, settings.default_max_tokens)
+    limits: list[Limit] = []
+    for p in settings.policies:
+        if not applies(p, identity, cls, route):
+            continue
+        if p.requests:
+            limits.append(_rate(p, "requests", tag, p.requests, 1))
+        if p.tokens:
+            limits.append(_rate(p, "tokens", tag, p.tokens, estimate))
+        if p.budget:
+            cost = estimate if p.budget.unit is Unit.TOKENS else p.budget.default_cost
+            limits.append(_budget(p, tag, p.budget, cost))
+        if p.concurrency:
+            limits.append(Limit(p, "concurrency", f"xq:{{{tag}}}:c:{p.name}", "concurrency",
+                                (str(p.concurrency), str(p.lease_ttl_ms), "", ""),
+                                p.concurrency, "in-flight", 1))
+    return QuotaPlan(tag, tuple(limits), estimate)

@@ -1,0 +1,82 @@
+"""The Redis quota store: one Lua call to admit, one to settle, behind a timeout and a breaker.
+
+Scripts are loaded once and called by SHA; after a Redis restart or ``SCRIPT FLUSH``
+redis-py's Script object sees NOSCRIPT and loads them again transparently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from importlib import resources
+from typing import Any
+
+from redis import exceptions as redis_errors
+
+from extproc.quota.breaker import CircuitBreaker
+from extproc.quota.plan import QuotaPlan
+from extproc.quota.spec import Unit
+from extproc.quota.store import Admission, StoreUnavailable, states_from_reply
+from extproc.telemetry.metrics import REDIS_ERRORS, REDIS_SECONDS
+
+log = logging.getLogger("extproc.quota")
+
+ADMIT_LUA = resources.files("extproc.quota").joinpath("lua/admit.lua").read_text()
+SETTLE_LUA = resources.files("extproc.quota").joinpath("lua/settle.lua").read_text()
+SETTLED_MARKER_TTL_MS = 24 * 3600 * 1000
+
+_ERRORS = (redis_errors.RedisError, OSError, TimeoutError, asyncio.TimeoutError)
+
+
+class RedisQuotaStore:
+    def __init__(self, client: Any, timeout_s: float = 0.05,
+                 breaker: CircuitBreaker | None = None, now_ms: int | None = None) -> None:
+        self.client = client
+        self.timeout_s = timeout_s
+        self.breaker = breaker or CircuitBreaker()
+        self._admit = client.register_script(ADMIT_LUA)
+        self._settle = client.register_script(SETTLE_LUA)
+        self._now = "" if now_ms is None else str(now_ms)  # tests pin the clock; else Redis TIME
+
+    async def _call(self, op: str, script: Any, keys: list[str], args: list[str]) -> Any:
+        if not self.breaker.allow():
+            REDIS_ERRORS.labels(op, "breaker_open").inc()
+            raise StoreUnavailable("circuit breaker open")
+        started = time.perf_counter()
+        try:
+            result = await asyncio.wait_for(script(keys=keys, args=args), self.timeout_s)
+        except _ERRORS as exc:
+            self.breaker.failure()
+            REDIS_ERRORS.labels(op, type(exc).__name__).inc()
+            raise StoreUnavailable(f"redis {op}: {type(exc).__name__}: {exc}") from exc
+        self.breaker.success()
+        REDIS_SECONDS.labels(op).observe(time.perf_counter() - started)
+        return result
+
+    async def admit(self, plan: QuotaPlan, lease_id: str) -> Admission:
+        args = [self._now, lease_id]
+        for limit in plan.limits:
+            args += [limit.kind, "1" if limit.policy.enforce else "0", *limit.args]
+        reply = await self._call("admit", self._admit, [lm.key for lm in plan.limits], args)
+        return states_from_reply(plan, reply)
+
+    async def settle(self, plan: QuotaPlan, lease_id: str, admitted_at_ms: int,
+                     actual_tokens: int | None) -> bool:
+        """Release the lease; true up token rates and token budgets when usage is known."""
+        delta = 0 if actual_tokens is None else actual_tokens - plan.estimate_tokens
+        keys = [f"xq:{{{plan.tenant_tag}}}:s:{lease_id}"]
+        args = [self._now, lease_id, str(SETTLED_MARKER_TTL_MS), str(admitted_at_ms)]
+        for limit in plan.limits:
+            if limit.kind == "gcra":
+                cost_delta = delta if limit.dimension == "tokens" else 0
+                extra = [limit.args[0], limit.args[1], str(cost_delta)]
+            elif limit.kind == "budget":
+                budget = limit.policy.budget
+                cost_delta = delta if budget is not None and budget.unit is Unit.TOKENS else 0
+                extra = [str(cost_delta), limit.args[2], limit.args[3]]
+            else:
+                extra = ["", "", ""]
+            keys.append(limit.key)
+            args += [limit.kind, *extra]
+        return bool(await self._call("settle", self._settle, keys, args))

@@ -1,0 +1,87 @@
+"""The quota step: plan the limits, admit in the shared store, fall back by failure mode, settle."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from extproc.domain.classify import Classification
+from extproc.domain.identity import Identity
+from extproc.quota.local_store import LocalLimiter
+from extproc.quota.plan import QuotaPlan, plan
+from extproc.quota.spec import FailureMode, QuotaSettings
+from extproc.quota.store import Admission, QuotaStore, StoreUnavailable
+from extproc.telemetry.metrics import DEGRADED, QUOTA_DENIALS
+
+log = logging.getLogger("extproc.quota")
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaTicket:
+    """What settlement needs: the plan, who decided (store or local) and when."""
+
+    plan: QuotaPlan
+    admission: Admission
+
+
+class QuotaService:
+    def __init__(self, store: QuotaStore | None, local: LocalLimiter | None = None) -> None:
+        self.store = store
+        self.local = local or LocalLimiter()
+
+    async def admit(self, settings: QuotaSettings, identity: Identity, cls: Classification,
+                    route: str | None, body: Mapping[str, Any] | None, lease_id: str) -> QuotaTicket | None:
+        quota_plan = plan(settings, identity, cls, route, body)
+        if not quota_plan:
+            return None
+        try:
+            if self.store is None:
+                raise StoreUnavailable("no quota store configured (--redis-url)")
+            admission = await self.store.admit(quota_plan, lease_id)
+        except StoreUnavailable as exc:
+            admission = await self._degraded(settings, quota_plan, lease_id, str(exc))
+        if admission.blocking is not None or not admission.admitted:
+            for s in admission.states:
+                if not s.allowed:
+                    QUOTA_DENIALS.labels(s.limit.policy.name, s.limit.dimension,
+                                         str(s.limit.policy.enforce).lower()).inc()
+        else:
+            for s in admission.states:  # shadow policies that would have refused
+                if not s.allowed:
+                    QUOTA_DENIALS.labels(s.limit.policy.name, s.limit.dimension, "false").inc()
+        return QuotaTicket(quota_plan, admission)
+
+    async def _degraded(self, settings: QuotaSettings, quota_plan: QuotaPlan, lease_id: str,
+                        error: str) -> Admission:
+        modes = {lm.policy.on_store_failure for lm in quota_plan.limits if lm.policy.enforce}
+        now = int(time.time() * 1000)
+        if FailureMode.CLOSED in modes:
+            mode, admission = "closed", Admission(False, (), None, now, degraded="closed")
+        elif FailureMode.LOCAL in modes:
+            self.local.replicas = settings.replicas
+            local_plan = replace(quota_plan, limits=tuple(
+                lm for lm in quota_plan.limits if lm.policy.on_store_failure is FailureMode.LOCAL))
+            mode, admission = "local", await self.local.admit(local_plan, lease_id)
+        else:
+            mode, admission = "open", Admission(True, (), None, now, degraded="open")
+        DEGRADED.labels(mode).inc()
+        log.warning("quota store unavailable; decided by failure mode",
+                    extra={"mode": mode, "error": error[:200], "decision_id": lease_id})
+        return admission
+
+    async def settle(self, ticket: QuotaTicket, lease_id: str, actual_tokens: int | None = None) -> None:
+        """Release the lease and true up; failures are logged (leases expire by TTL)."""
+        admission = ticket.admission
+        if admission.degraded in ("open", "closed"):
+            return
+        try:
+            if admission.degraded == "local":
+                await self.local.settle(ticket.plan, lease_id, admission.at_ms, actual_tokens)
+            elif self.store is not None:
+                await self.store.settle(ticket.plan, lease_id, admission.at_ms, actual_tokens)
+        except StoreUnavailable as exc:
+            log.warning("settlement failed; the lease will expire by its TTL",
+                        extra={"decision_id": lease_id, "error": str(exc)[:200]})

@@ -1,0 +1,73 @@
+"""Quota policies as configured, and the limits one request is checked against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from extproc.domain.classify import WorkloadClass
+
+
+class FailureMode(StrEnum):
+    OPEN = "open"  # Redis unreachable: admit, marked degraded
+    CLOSED = "closed"  # Redis unreachable: refuse with 503
+    LOCAL = "local"  # Redis unreachable: in-process limiter at limit / replicas
+
+
+class Unit(StrEnum):
+    TOKENS = "tokens"
+    REQUESTS = "requests"
+    SECONDS = "seconds"
+    GPU_SECONDS = "gpu_seconds"
+    JOBS = "jobs"
+
+
+PERIODS_MS = {"second": 1000, "minute": 60_000, "hour": 3_600_000}
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    limit: int
+    period_ms: int
+    burst: int
+
+    @property
+    def window_s(self) -> int:
+        return self.period_ms // 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    limit: int
+    period: str  # "day" | "month"
+    timezone: str = "UTC"
+    unit: Unit = Unit.TOKENS
+    #: Cost charged at admission for units not measured from the request (seconds, jobs…).
+    default_cost: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaPolicy:
+    name: str
+    tenant: str | None = None  # exact or prefix*
+    plan: str | None = None
+    workload: WorkloadClass | None = None
+    model: str | None = None
+    route: str | None = None
+    requests: Rate | None = None
+    tokens: Rate | None = None
+    budget: Budget | None = None
+    concurrency: int | None = None
+    lease_ttl_ms: int = 600_000
+    enforce: bool = True
+    on_store_failure: FailureMode = FailureMode.CLOSED
+    clamp_max_tokens: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaSettings:
+    policies: tuple[QuotaPolicy, ...] = ()
+    #: Estimated completion tokens when a request names no max_tokens.
+    default_max_tokens: int = 1024
+    #: Sidecar replicas sharing the quotas (the ``local`` failure mode divides limits by it).
+    replicas: int = 1

@@ -1,0 +1,50 @@
+"""What a quota store answers, and the interface the pipeline uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from extproc.quota.plan import Limit, QuotaPlan
+
+
+class StoreUnavailable(Exception):
+    """The shared store did not answer in time (or the breaker is open)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitState:
+    limit: Limit
+    allowed: bool
+    remaining: int
+    retry_ms: int  # -1: can never fit (the request alone exceeds the limit's burst)
+    reset_ms: int
+    used: int
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    admitted: bool
+    states: tuple[LimitState, ...]
+    blocking: LimitState | None
+    at_ms: int
+    #: None when the shared store decided; else the failure mode that decided instead.
+    degraded: str | None = None
+
+
+class QuotaStore(Protocol):
+    async def admit(self, plan: QuotaPlan, lease_id: str) -> Admission: ...
+
+    async def settle(self, plan: QuotaPlan, lease_id: str, admitted_at_ms: int,
+                     actual_tokens: int | None) -> bool: ...
+
+
+def states_from_reply(plan: QuotaPlan, reply: list[int]) -> Admission:
+    """Decode the admission script's flat reply."""
+    blocking_index, at_ms = int(reply[0]), int(reply[1])
+    states = []
+    for i, limit in enumerate(plan.limits):
+        allowed, remaining, retry, reset, used = (int(v) for v in reply[2 + i * 5: 7 + i * 5])
+        states.append(LimitState(limit, bool(allowed), remaining, retry, reset, used))
+    blocking = states[blocking_index - 1] if blocking_index else None
+    return Admission(blocking is None, tuple(states), blocking, at_ms)
