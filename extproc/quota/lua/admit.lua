@@ -132,7 +132,7 @@ if blocking == 0 then
         redis.call('SET', key, p[2], 'PX', math.ceil(p[2] - now) + 1000)
       elseif p[1] == 'budget' then
         redis.call('HSET', key, 'p', p[2], 'u', p[3])
-        redis.call('PEXPIREAT', key, p[4] + 86400000)
+        redis.call('PEXPIRE', key, math.ceil(p[4] - now) + 86400000)
       else
         redis.call('ZADD', key, p[2], lease)
         redis.call('PEXPIRE', key, p[3])

@@ -1,0 +1,258 @@
+"""Quotas against a real redis-server: exactness, boundaries, budgets, leases, NOSCRIPT, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+from redis.asyncio import Redis
+
+from extproc.domain.classify import Classification, WorkloadClass
+from extproc.domain.identity import Identity
+from extproc.quota.breaker import CircuitBreaker
+from extproc.quota.local_store import LocalLimiter
+from extproc.quota.plan import plan
+from extproc.quota.redis_client import client_from_url
+from extproc.quota.redis_store import RedisQuotaStore
+from extproc.quota.service import QuotaService
+from extproc.quota.spec import Budget, FailureMode, QuotaPolicy, QuotaSettings, Rate, Unit
+from extproc.quota.store import StoreUnavailable
+from tests.redis_server import RedisServer
+
+ACME = Identity(tenant="acme", plan="pro", verified=True)
+CHAT = Classification(WorkloadClass.INFERENCE, "gpt-4o", "openai-chat")
+BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 100}
+
+
+def settings(*policies: QuotaPolicy, replicas: int = 1) -> QuotaSettings:
+    return QuotaSettings(tuple(policies), default_max_tokens=100, replicas=replicas)
+
+
+def ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
+async def store_for(server: RedisServer, now_ms: int | None = None, timeout: float = 0.2) -> RedisQuotaStore:
+    return RedisQuotaStore(client_from_url(server.url, timeout), timeout, CircuitBreaker(3, 0.5), now_ms)
+
+
+async def admit(store: RedisQuotaStore, s: QuotaSettings, lease: str, ident: Identity = ACME, body=BODY):
+    return await store.admit(plan(s, ident, CHAT, "r1", body), lease)
+
+
+async def test_rate_limit_admits_exactly_the_burst_and_denials_consume_nothing(redis_server) -> None:
+    s = settings(QuotaPolicy("rpm", requests=Rate(5, 60_000, 5)),
+                 QuotaPolicy("budget", budget=Budget(10_000, "day")))
+    store = await store_for(redis_server, now_ms=ms(datetime(2026, 5, 1, 12, tzinfo=UTC)))
+    results = [await admit(store, s, f"d{i}") for i in range(8)]
+    assert [r.admitted for r in results] == [True] * 5 + [False] * 3
+    denied = results[-1]
+    assert denied.blocking is not None and denied.blocking.limit.dimension == "requests"
+    assert denied.blocking.retry_ms == 12_000  # one request every 12 s at 5/min
+    estimate = plan(s, ACME, CHAT, "r1", BODY).estimate_tokens
+    budget_state = next(st for st in results[4].states if st.limit.dimension == "budget")
+    assert budget_state.used == 4 * estimate  # the denied requests reserved nothing
+    redis = Redis.from_url(redis_server.url)
+    assert int((await redis.hget("xq:{acme}:b:budget", "u")).decode()) == 5 * estimate
+    await redis.aclose()
+    await store.client.aclose()
+
+
+def _worker(url: str, n: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    async def run() -> int:
+        store = RedisQuotaStore(client_from_url(url, 2.0), 2.0)
+        s = settings(QuotaPolicy("rpm", requests=Rate(50, 60_000, 50)),
+                     QuotaPolicy("tokens", budget=Budget(10**9, "day")))
+        results = await asyncio.gather(*(store.admit(plan(s, ACME, CHAT, "r1", BODY), f"{i}") for i in range(n)))
+        await store.client.aclose()
+        return sum(r.admitted for r in results)
+
+    out.put(asyncio.run(run()))
+
+
+def test_exactly_the_limit_across_processes(redis_server) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(redis_server.url, 100, queue)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    admitted = sum(queue.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(30)
+    assert admitted == 50  # 400 concurrent attempts from 4 processes, limit 50
+
+    async def budget_used() -> int:
+        redis = Redis.from_url(redis_server.url)
+        used = int((await redis.hget("xq:{acme}:b:tokens", "u")).decode())
+        await redis.aclose()
+        return used
+
+    estimate = plan(settings(QuotaPolicy("t", budget=Budget(1, "day"))), ACME, CHAT, "r1", BODY).estimate_tokens
+    assert asyncio.run(budget_used()) == 50 * estimate  # nothing reserved by the 350 refused
+
+
+async def test_no_boundary_burst(redis_server) -> None:
+    """A fixed window lets 2x through across its boundary; GCRA does not."""
+    s = settings(QuotaPolicy("rps", requests=Rate(10, 1000, 10)))
+    t0 = ms(datetime(2026, 5, 1, 12, tzinfo=UTC))
+    store = await store_for(redis_server, now_ms=t0 + 990)
+    first = [await admit(store, s, f"a{i}") for i in range(20)]
+    store._now = str(t0 + 1010)  # 20 ms later, past a "window boundary"
+    second = [await admit(store, s, f"b{i}") for i in range(20)]
+    assert sum(r.admitted for r in first) == 10
+    assert sum(r.admitted for r in second) == 0
+    store._now = str(t0 + 1990)  # a full period later: the whole burst again, no more
+    assert sum([(await admit(store, s, f"c{i}")).admitted for i in range(20)]) == 10
+    await store.client.aclose()
+
+
+async def test_calendar_budget_resets_in_the_tenants_time_zone(redis_server) -> None:
+    s = settings(QuotaPolicy("monthly", budget=Budget(500, "month", "Europe/Paris")))
+    small = {"model": "m", "messages": "hi", "max_tokens": 99}  # estimate 100
+    # 31 Jan 23:30 UTC is already 1 Feb 00:30 in Paris.
+    store = await store_for(redis_server, now_ms=ms(datetime(2026, 1, 31, 22, 0, tzinfo=UTC)))
+    results = [await admit(store, s, f"j{i}", body=small) for i in range(6)]
+    assert [r.admitted for r in results] == [True] * 5 + [False]
+    blocking = results[-1].blocking
+    assert blocking is not None and blocking.limit.dimension == "budget"
+    assert blocking.reset_ms == 60 * 60 * 1000  # Paris midnight is 23:00 UTC
+    store._now = str(ms(datetime(2026, 1, 31, 23, 30, tzinfo=UTC)))
+    assert (await admit(store, s, "feb", body=small)).admitted  # a new month in Paris
+    await store.client.aclose()
+
+
+async def test_lua_and_local_limiter_agree_on_calendar_periods(redis_server) -> None:
+    from extproc.quota.local_store import _period
+
+    for when in (datetime(2024, 2, 29, 23, 59, tzinfo=UTC), datetime(2026, 12, 31, 23, 0, tzinfo=UTC),
+                 datetime(2026, 3, 29, 1, 30, tzinfo=UTC)):
+        for period, offset in (("day", 0), ("month", 3600), ("month", -5 * 3600), ("day", 19800)):
+            s = settings(QuotaPolicy("p", budget=Budget(10**9, period, "UTC")))
+            p = plan(s, ACME, CHAT, "r1", BODY)
+            limit = p.limits[0]
+            p2 = replace(p, limits=(replace(limit, args=(limit.args[0], limit.args[1], period, str(offset))),))
+            store = await store_for(redis_server, now_ms=ms(when))
+            state = (await store.admit(p2, "x")).states[0]
+            _, end = _period(period, ms(when), offset)
+            assert state.reset_ms == end - ms(when), (when, period, offset)
+            await store.client.aclose()
+            redis = Redis.from_url(redis_server.url)
+            await redis.flushall()
+            await redis.aclose()
+
+
+async def test_concurrency_leases_release_idempotently_and_expire(redis_server) -> None:
+    s = settings(QuotaPolicy("cc", concurrency=2, lease_ttl_ms=5_000))
+    t0 = ms(datetime(2026, 5, 1, 12, tzinfo=UTC))
+    store = await store_for(redis_server, now_ms=t0)
+    p = plan(s, ACME, CHAT, "r1", BODY)
+    a, b, c = [await store.admit(p, lease) for lease in ("l1", "l2", "l3")]
+    assert (a.admitted, b.admitted, c.admitted) == (True, True, False)
+    assert c.blocking is not None and c.blocking.limit.dimension == "concurrency"
+    assert await store.settle(p, "l1", a.at_ms, None) is True
+    assert await store.settle(p, "l1", a.at_ms, None) is False  # settled once only
+    assert (await store.admit(p, "l4")).admitted
+    store._now = str(t0 + 5_001)  # a crashed sidecar's leases (l2, l4) expire by TTL
+    assert (await store.admit(p, "l5")).admitted and (await store.admit(p, "l6")).admitted
+    await store.client.aclose()
+
+
+async def test_settlement_trues_up_tokens(redis_server) -> None:
+    s = settings(QuotaPolicy("day", budget=Budget(100_000, "day")), QuotaPolicy("tpm", tokens=Rate(10_000, 60_000, 10_000)))
+    store = await store_for(redis_server, now_ms=ms(datetime(2026, 5, 1, 12, tzinfo=UTC)))
+    p = plan(s, ACME, CHAT, "r1", BODY)
+    adm = await store.admit(p, "d1")
+    assert await store.settle(p, "d1", adm.at_ms, actual_tokens=30)
+    redis = Redis.from_url(redis_server.url)
+    assert int((await redis.hget("xq:{acme}:b:day", "u")).decode()) == 30
+    await redis.aclose()
+    after = await store.admit(p, "d2")
+    tpm = next(st for st in after.states if st.limit.dimension == "tokens")
+    assert tpm.used == 30  # the token rate was trued up too
+    await store.client.aclose()
+
+
+async def test_script_flush_and_restart_reload_scripts_without_errors(redis_server) -> None:
+    s = settings(QuotaPolicy("rpm", requests=Rate(1000, 60_000, 1000)))
+    store = await store_for(redis_server)
+    assert (await admit(store, s, "1")).admitted
+    redis = Redis.from_url(redis_server.url)
+    await redis.script_flush()
+    await redis.aclose()
+    assert (await admit(store, s, "2")).admitted  # NOSCRIPT → loaded again, no error
+    await store.client.aclose()
+
+
+async def test_outage_failure_modes_breaker_and_recovery(tmp_path) -> None:
+    server = RedisServer(tmp_path / "r").start()
+    closed = QuotaPolicy("strict", requests=Rate(100, 60_000, 100), on_store_failure=FailureMode.CLOSED)
+    opened = QuotaPolicy("lenient", requests=Rate(100, 60_000, 100), on_store_failure=FailureMode.OPEN)
+    local = QuotaPolicy("local", requests=Rate(10, 60_000, 10), on_store_failure=FailureMode.LOCAL)
+    service = QuotaService(RedisQuotaStore(client_from_url(server.url, 0.05), 0.05, CircuitBreaker(3, 0.3)),
+                           LocalLimiter())
+    try:
+        ok = await service.admit(settings(closed), ACME, CHAT, "r1", BODY, "x")
+        assert ok is not None and ok.admission.admitted and ok.admission.degraded is None
+        server.pause()  # SIGSTOP: connections hang
+        started = time.monotonic()
+        t = await service.admit(settings(closed), ACME, CHAT, "r1", BODY, "p1")
+        assert t is not None and not t.admission.admitted and t.admission.degraded == "closed"
+        t = await service.admit(settings(opened), ACME, CHAT, "r1", BODY, "p2")
+        assert t is not None and t.admission.admitted and t.admission.degraded == "open"
+        for i in range(3):  # breaker now open: answers without waiting for Redis
+            await service.admit(settings(opened), ACME, CHAT, "r1", BODY, f"p{i}")
+        assert time.monotonic() - started < 1.0  # no request waited longer than the timeout
+        results = [await service.admit(settings(local, replicas=2), ACME, CHAT, "r1", BODY, f"l{i}")
+                   for i in range(8)]
+        assert [r.admission.admitted for r in results if r] == [True] * 5 + [False] * 3  # 10 / 2 replicas
+        assert {r.admission.degraded for r in results if r} == {"local"}
+        server.resume()
+        await asyncio.sleep(0.35)  # breaker half-open: the next call probes and closes it
+        back = await service.admit(settings(closed), ACME, CHAT, "r1", BODY, "back")
+        assert back is not None and back.admission.admitted and back.admission.degraded is None
+        server.kill()
+        with pytest.raises(StoreUnavailable):
+            await service.store.admit(plan(settings(closed), ACME, CHAT, "r1", BODY), "dead")  # type: ignore[union-attr]
+        restarted = RedisServer(tmp_path / "r2", server.port).start()
+        await asyncio.sleep(0.35)
+        again = await service.admit(settings(closed), ACME, CHAT, "r1", BODY, "again")
+        assert again is not None and again.admission.admitted and again.admission.degraded is None
+        restarted.stop()
+    finally:
+        server.stop()
+        await service.store.client.aclose()  # type: ignore[union-attr]
+
+
+async def test_skewed_sidecar_clocks_do_not_change_results(redis_server, monkeypatch) -> None:
+    s = settings(QuotaPolicy("rpm", requests=Rate(10, 60_000, 10)))
+    a = await store_for(redis_server)  # Redis TIME decides, not the sidecar's clock
+    b = await store_for(redis_server)
+    admitted = 0
+    for i in range(10):
+        admitted += (await admit(a, s, f"a{i}")).admitted
+        with monkeypatch.context() as m:
+            m.setattr(time, "time", lambda: 4_000_000_000.0)  # replica b's clock is years ahead
+            admitted += (await admit(b, s, f"b{i}")).admitted
+    assert admitted == 10
+    await a.client.aclose()
+    await b.client.aclose()
+
+
+async def test_tenant_names_that_would_break_hash_tags_are_hashed(redis_server) -> None:
+    odd = Identity(tenant="we{ird}", verified=True)
+    s = settings(QuotaPolicy("rpm", requests=Rate(2, 60_000, 2)))
+    store = await store_for(redis_server)
+    p = plan(s, odd, CHAT, "r1", BODY)
+    assert "{h-" in p.limits[0].key and "we{ird}" not in p.limits[0].key
+    assert (await store.admit(p, "1")).admitted
+    await store.client.aclose()
+
+
+def test_units_other_than_tokens_charge_their_default_cost() -> None:
+    s = settings(QuotaPolicy("video", budget=Budget(100, "day", unit=Unit.SECONDS, default_cost=8)))
+    p = plan(s, ACME, Classification(WorkloadClass.VIDEO, "sora-2", "x"), "r1", {"prompt": "cat"})
+    assert p.limits[0].cost == 8
