@@ -108,6 +108,7 @@ class Demo:
         self._spawn("sidecar", [sys.executable, "-m", "extproc", "serve", "--config",
                                 str(policy), "--listen", f"127.0.0.1:{self.ports.sidecar}",
                                 "--admin", f"127.0.0.1:{self.ports.sidecar_admin}",
+                                "--redis-url", f"redis://127.0.0.1:{self.ports.redis}/0",
                                 "--workers", str(self.workers)])
         sidecars = [f"127.0.0.1:{self.ports.sidecar + i}" for i in range(self.workers)]
         envoy_yaml = self.run_dir / "envoy.yaml"
@@ -170,7 +171,7 @@ extproc demo is running (logs in {self.run_dir}/).
   demo pools                 pool-a :{e.pool_a}   pool-b :{e.pool_b}
 
 Try:
-  TOKEN=$(.venv/bin/extproc token --tenant acme{issuer_flag})
+  TOKEN=$(.venv/bin/extproc token --tenant acme --plan pro{issuer_flag})
   curl -si http://127.0.0.1:{e.ext_proc}/v1/chat/completions -H "authorization: Bearer $TOKEN" \\
        -H 'content-type: application/json' \\
        -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"hi"}}]}}'
@@ -180,6 +181,9 @@ Try:
   # 403 insufficient_scope: mint with --scope inference --scope training to pass
   curl -si http://127.0.0.1:{e.ext_proc}/no/such/api -H "authorization: Bearer $TOKEN"  # 404
   curl -s -X POST {self.issuer}/rotate     # rotate the issuer's signing key
+  FREE=$(.venv/bin/extproc token --tenant globex --plan free{issuer_flag})   # 60 requests/min
+  for i in $(seq 65); do curl -s -o /dev/null -w '%{{http_code}} ' -H "authorization: Bearer $FREE" \
+    http://127.0.0.1:{e.ext_proc}/v1/models; done; echo   # ...200s, then 429s
 
 Ctrl-C stops everything.
 """

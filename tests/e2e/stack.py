@@ -20,6 +20,7 @@ from extproc.devstack.envoy_config import EnvoyPorts, render
 from extproc.devstack.issuer import build_issuer_app
 from extproc.devstack.keys import DEFAULT_ISSUER, KeyStore, SigningKey, mint_token
 from extproc.devstack.upstream import DemoPool
+from tests.redis_server import RedisServer
 from tests.support import Child, envoy_binary, free_port, sidecar_command, wait_http
 
 
@@ -86,6 +87,7 @@ class Stack:
     keys: KeyStore
     children: list[Child] = field(default_factory=list)
     pools: PoolsThread | None = None
+    redis: RedisServer | None = None
     _token: str | None = None
 
     def token(self, tenant: str = "acme", plan: str = "pro", scopes: tuple[str, ...] = ("inference",),
@@ -95,7 +97,8 @@ class Stack:
     @property
     def default_token(self) -> str:
         if self._token is None:
-            self._token = self.token()
+            # A plan no demo quota policy matches: quota behaviour has its own tests.
+            self._token = self.token(plan="enterprise")
         return self._token
 
     def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
@@ -130,6 +133,8 @@ class Stack:
             child.stop()
         if self.pools:
             self.pools.stop()
+        if self.redis:
+            self.redis.stop()
 
 
 def start_stack(tmp: Path, sidecar_uds: bool = False, config_text: str | None = None) -> Stack:
@@ -152,9 +157,11 @@ def start_stack(tmp: Path, sidecar_uds: bool = False, config_text: str | None = 
     admin = f"127.0.0.1:{free_port()}"
     stack = Stack(tmp, ports, [sidecar], config_path, issuer, keys)
     try:
+        stack.redis = RedisServer(tmp / "redis").start()
         stack.pools = PoolsThread({"pool-a": ports.pool_a, "pool-b": ports.pool_b},
                                   int(issuer.rsplit(":", 1)[1]), keys)
-        sc = Child("sidecar", sidecar_command(config_path, [sidecar], admin, "--drain-seconds", "1"), tmp)
+        sc = Child("sidecar", sidecar_command(config_path, [sidecar], admin, "--drain-seconds", "1",
+                                              "--redis-url", stack.redis.url), tmp)
         stack.children.append(sc)
         wait_http(f"http://{admin}/readyz", proc=sc.proc)
         envoy_yaml = tmp / "envoy.yaml"

@@ -1,0 +1,149 @@
+"""Quotas through a real Envoy with a real redis-server: 429s that explain themselves, leases."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+import urllib.request
+
+import pytest
+from redis import Redis
+
+from tests.e2e.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+
+def test_rate_limit_429_explains_itself(stack: Stack) -> None:
+    tok = stack.token(tenant="rl-tenant", plan="free")
+    remaining = []
+    for _ in range(60):
+        resp = stack.request("GET", "/v1/models", token=tok)
+        assert resp.status == 200, resp.body
+        remaining.append(int(resp.headers["x-ratelimit-remaining-requests"]))
+    assert remaining[0] == 59 and remaining[-1] == 0
+    assert resp.headers["x-ratelimit-limit-requests"] == "60"
+    assert resp.headers["ratelimit-policy"].startswith('"free-requests";q=60;w=60')
+    denied = stack.request("GET", "/v1/models", token=tok)
+    assert denied.status == 429
+    error = denied.json()["error"]
+    assert (error["type"], error["code"], error["policy"]) == ("rate_limit_error", "rate_limited", "free")
+    assert (error["dimension"], error["limit"], error["window"]) == ("requests", 60, "60s")
+    assert 1 <= int(denied.headers["retry-after"]) <= 2  # one request every second at 60/min
+    assert denied.headers["x-ratelimit-remaining-requests"] == "0"
+    assert denied.headers["ratelimit"].startswith('"free-requests";r=0')
+    assert error["decision_id"] == denied.headers["x-extproc-decision-id"]
+    # The same tenant through ext_authz shares the counters.
+    assert stack.request("GET", "/v1/models", token=tok, port=stack.ports.ext_authz).status == 429
+    # Another tenant on the same plan is unaffected.
+    assert stack.request("GET", "/v1/models", token=stack.token(tenant="other", plan="free")).status == 200
+
+
+def test_budget_exhaustion_is_distinguishable(stack: Stack) -> None:
+    tok = stack.token(tenant="budget-tenant", plan="free")
+    big = stack.request("POST", "/v1/chat/completions", {"model": "gpt-4o", "messages": [], "max_tokens": 19_000},
+                        token=tok)
+    assert big.status == 200
+    more = stack.request("POST", "/v1/chat/completions", {"model": "gpt-4o", "messages": [], "max_tokens": 5_000},
+                         token=tok)
+    assert more.status == 429
+    error = more.json()["error"]
+    assert (error["type"], error["code"], error["window"]) == ("insufficient_quota", "budget_exhausted", "day")
+    assert error["limit"] == 20_000 and error["used"] > 19_000
+    assert "budget" in error["message"]
+
+
+def _held_stream(stack: Stack, token: str, hold: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    conn = http.client.HTTPConnection("127.0.0.1", stack.ports.ext_proc, timeout=10)
+    conn.request("POST", "/v1/chat/completions", body=json.dumps({"model": "gpt-4o", "stream": True}),
+                 headers={"content-type": "application/json", "x-demo-hold": hold,
+                          "authorization": f"Bearer {token}"})
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()
+    assert resp.readline().startswith(b"data: ")  # first event arrived; the rest is held
+    return conn, resp
+
+
+def _release(stack: Stack, hold: str) -> None:
+    urllib.request.urlopen(urllib.request.Request(
+        f"http://127.0.0.1:{stack.ports.pool_b}/__demo/release/{hold}", method="POST"), timeout=5).read()
+
+
+def _in_flight(stack: Stack, tenant: str, policy: str = "free") -> int:
+    assert stack.redis is not None
+    r = Redis.from_url(stack.redis.url)
+    try:
+        return int(r.zcard(f"xq:{{{tenant}}}:c:{policy}"))
+    finally:
+        r.close()
+
+
+def _wait_in_flight(stack: Stack, tenant: str, want: int) -> None:
+    deadline = time.monotonic() + 5
+    while _in_flight(stack, tenant) != want:
+        assert time.monotonic() < deadline, f"in-flight stayed {_in_flight(stack, tenant)}, want {want}"
+        time.sleep(0.05)
+
+
+def test_concurrency_lease_lasts_until_the_stream_ends(stack: Stack) -> None:
+    tok = stack.token(tenant="cc-tenant", plan="free")
+    first = _held_stream(stack, tok, "cc-1")
+    second = _held_stream(stack, tok, "cc-2")
+    assert _in_flight(stack, "cc-tenant") == 2  # streams still open: leases held
+    third = stack.request("GET", "/v1/models", token=tok)
+    assert third.status == 429 and third.json()["error"]["code"] == "concurrency_limited"
+    _release(stack, "cc-1")
+    assert first[1].read().rstrip().endswith(b"[DONE]")
+    first[0].close()
+    _wait_in_flight(stack, "cc-tenant", 1)  # released when the HTTP stream ended
+    assert stack.request("GET", "/v1/models", token=tok).status == 200
+    _release(stack, "cc-2")
+    second[1].read()
+    second[0].close()
+    _wait_in_flight(stack, "cc-tenant", 0)
+
+
+def test_client_aborts_mid_stream_leak_no_lease(stack: Stack) -> None:
+    tok = stack.token(tenant="abort-tenant", plan="free")
+    for i in range(5):  # more than the limit of 2: a leak would lock the tenant out
+        conn, _ = _held_stream(stack, tok, f"abort-{i}")
+        conn.sock.shutdown(socket.SHUT_RDWR)  # the client vanishes mid-stream
+        conn.close()
+        _release(stack, f"abort-{i}")
+        _wait_in_flight(stack, "abort-tenant", 0)
+    assert stack.request("GET", "/v1/models", token=tok).status == 200
+
+
+def test_redis_outage_follows_each_policys_failure_mode(fresh_dir) -> None:
+    from tests.e2e.stack import start_stack
+    from tests.redis_server import RedisServer
+
+    s = start_stack(fresh_dir)
+    try:
+        pro, free = s.token(tenant="acme", plan="pro"), s.token(tenant="globex", plan="free")
+        assert s.request("GET", "/v1/models", token=pro).status == 200
+        assert s.redis is not None
+        port = s.redis.port
+        s.redis.kill()
+        started = time.monotonic()
+        for _ in range(5):
+            local = s.request("GET", "/v1/models", token=pro)  # policy "pro": on_store_failure local
+            assert local.status == 200
+            assert local.headers["x-extproc-degraded"] == "quota-store-local"
+            closed = s.request("GET", "/v1/models", token=free)  # policy "free": closed
+            assert closed.status == 503
+            assert closed.json()["error"]["code"] == "quota_store_unavailable"
+            assert closed.headers["retry-after"] == "1"
+        assert time.monotonic() - started < 5  # no request waited on the dead Redis for long
+        s.redis = RedisServer(fresh_dir / "redis2", port).start()
+        deadline = time.monotonic() + 10
+        while True:  # recovery without a restart, once the breaker lets a probe through
+            resp = s.request("GET", "/v1/models", token=free)
+            if resp.status == 200 and "x-extproc-degraded" not in resp.headers:
+                break
+            assert time.monotonic() < deadline, resp.body
+            time.sleep(0.2)
+    finally:
+        s.stop()
