@@ -100,6 +100,8 @@ class Worker:
         # Issuer keys are fetched in the background; new issuers on reload too.
         self.identity.configure(self.config.current.config.issuers)
         self.config.on_swap = lambda snap: self.identity.configure(snap.config.issuers)
+        if isinstance(self.quota.store, RedisQuotaStore):
+            await self.quota.store.start()
         admin = await self._start_admin()
         await server.start()
         for name in SERVICE_NAMES:

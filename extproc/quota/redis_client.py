@@ -46,5 +46,5 @@ def client_from_url(url: str, timeout_s: float) -> Any:
     if parts.scheme == "redis+cluster":
         password, hosts = _hosts(parts.netloc)
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in hosts], password=password,
-                            **{k: v for k, v in common.items() if k != "health_check_interval"})
+                            socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r}")

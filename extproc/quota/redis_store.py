@@ -39,6 +39,17 @@ class RedisQuotaStore:
         self._settle = client.register_script(SETTLE_LUA)
         self._now = "" if now_ms is None else str(now_ms)  # tests pin the clock; else Redis TIME
 
+    async def start(self) -> None:
+        """Connect ahead of traffic. A Redis Cluster client must learn its slots before
+        many coroutines use it at once (redis-py races otherwise); a failure here is fine:
+        the first calls will fail over to the failure modes and retry."""
+        initialize = getattr(self.client, "initialize", None)
+        if initialize is not None:
+            try:
+                await asyncio.wait_for(initialize(), max(self.timeout_s * 20, 1.0))
+            except _ERRORS as exc:
+                log.warning("quota store not reachable at start", extra={"error": str(exc)[:200]})
+
     async def _call(self, op: str, script: Any, keys: list[str], args: list[str]) -> Any:
         if not self.breaker.allow():
             REDIS_ERRORS.labels(op, "breaker_open").inc()
