@@ -146,6 +146,18 @@ class Pipeline:
                         "quotas cannot be checked right now (quota store unavailable); try again",
                         cls, identity, headers=(("retry-after", "1"),), degraded="closed")
         if admission.blocking is not None:
+            clamped = None
+            if facts.can_rewrite_body:  # ext_proc can change the body; ext_authz cannot
+                clamped = await self._quota.clamp(snapshot.quotas, identity, cls, entry.id, body,
+                                                  decision_id, admission)
+            if clamped is not None:
+                ticket, new_body, field = clamped
+                return replace(
+                    allow(decision_id, cls, identity, entry.pool, entry.id), quota=ticket,
+                    response_headers=(*quota_headers.allowed(ticket.admission),
+                                      ("x-extproc-max-tokens-clamped", str(new_body[field]))),
+                    body_rewrite=json.dumps(new_body, separators=(",", ":")).encode(),
+                )
             reason, message, headers, details = quota_headers.denial(admission)
             return deny(decision_id, reason, message, cls, identity, headers=tuple(headers),
                         policy=admission.blocking.limit.policy.name, details=tuple(details.items()),

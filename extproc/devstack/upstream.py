@@ -38,9 +38,12 @@ class DemoPool:
         app.router.add_route("*", "/{tail:.*}", self.echo)
         return app
 
-    def _headers(self, request: web.Request) -> dict[str, str]:
+    def _headers(self, request: web.Request, body: dict[str, Any] | None = None) -> dict[str, str]:
         seen = {k.lower(): v for k, v in request.headers.items() if k.lower().startswith("x-extproc-")}
-        return {"x-demo-pool": self.name, "x-demo-extproc-headers": json.dumps(seen, sort_keys=True)}
+        out = {"x-demo-pool": self.name, "x-demo-extproc-headers": json.dumps(seen, sort_keys=True)}
+        if body is not None and "max_tokens" in body:
+            out["x-demo-max-tokens"] = str(body["max_tokens"])  # what the gateway let through
+        return out
 
     async def _json(self, request: web.Request) -> dict[str, Any]:
         try:
@@ -70,10 +73,10 @@ class DemoPool:
                                  "message": {"role": "assistant", "content": text}}],
                     "usage": usage,
                 },
-                headers=self._headers(request),
+                headers=self._headers(request, body),
             )
-        resp = web.StreamResponse(headers={**self._headers(request), "Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
+        resp = web.StreamResponse(headers={**self._headers(request, body),
+                                           "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         hold = request.headers.get("x-demo-hold")
         for i, word in enumerate(words):

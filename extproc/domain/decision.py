@@ -36,6 +36,8 @@ class Decision:
     quota: Any = None
     #: Set when a dependency was down and a declared failure mode decided ("open", "local"…).
     degraded: str | None = None
+    #: A new request body for the upstream (e.g. ``max_tokens`` clamped to the budget left).
+    body_rewrite: bytes | None = None
 
     @property
     def allowed(self) -> bool:

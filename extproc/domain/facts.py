@@ -26,6 +26,8 @@ class RequestFacts:
     end_of_stream: bool = False
     listener: str = "default"
     stripped: tuple[str, ...] = ()
+    #: The adapter can replace the request body (ext_proc yes, ext_authz no).
+    can_rewrite_body: bool = False
 
 
 @dataclass(frozen=True, slots=True)

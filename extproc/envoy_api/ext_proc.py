@@ -39,7 +39,8 @@ _READ_BODY_MODE = _ProcessingMode(
 
 def request_facts(headers: pb.HttpHeaders, listener: str) -> RequestFacts:
     return facts_from_pairs(
-        ((h.key, header_value(h)) for h in headers.headers.headers), headers.end_of_stream, listener
+        ((h.key, header_value(h)) for h in headers.headers.headers), headers.end_of_stream, listener,
+        can_rewrite_body=True,
     )
 
 
@@ -86,6 +87,12 @@ def decided(decision: Decision, facts: RequestFacts, phase: str) -> pb.Processin
     if not decision.allowed:
         return immediate(decision)
     common = _allow_common(decision, facts)
+    if decision.body_rewrite is not None and phase == "body":
+        # The original content-length no longer holds. Envoy 1.40 rejects a mutated
+        # body that disagrees with it and ignores a new value set here, so drop it:
+        # the upstream request goes out chunked (HTTP/1.1) or framed (HTTP/2).
+        common.body_mutation.body = decision.body_rewrite
+        common.header_mutation.remove_headers.append("content-length")
     if phase == "headers":
         return pb.ProcessingResponse(
             request_headers=pb.HeadersResponse(response=common),

@@ -22,7 +22,7 @@ def header_value(h: base_pb2.HeaderValue) -> str:
 
 
 def facts_from_pairs(
-    pairs: Iterable[tuple[str, str]], end_of_stream: bool, listener: str
+    pairs: Iterable[tuple[str, str]], end_of_stream: bool, listener: str, can_rewrite_body: bool = False
 ) -> RequestFacts:
     """Split pseudo-headers off, drop client-supplied internal headers, build the facts."""
     headers: dict[str, str] = {}
@@ -58,6 +58,7 @@ def facts_from_pairs(
         end_of_stream=end_of_stream,
         listener=listener,
         stripped=tuple(stripped),
+        can_rewrite_body=can_rewrite_body,
     )
 
 

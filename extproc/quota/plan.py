@@ -71,6 +71,11 @@ def applies(p: QuotaPolicy, identity: Identity, cls: Classification, route: str 
     )
 
 
+def completion_field(body: Mapping[str, Any]) -> str:
+    """The field that caps the completion in this request (``max_tokens`` when none is set)."""
+    return next((name for name in _MAX_TOKEN_FIELDS if name in body), "max_tokens")
+
+
 def estimate_tokens(body: Mapping[str, Any] | None, default_max_tokens: int) -> int:
     """Prompt size (about 4 bytes a token) plus the completion budget the request asks for."""
     if body is None:

@@ -11,12 +11,15 @@ from typing import Any
 from extproc.domain.classify import Classification
 from extproc.domain.identity import Identity
 from extproc.quota.local_store import LocalLimiter
-from extproc.quota.plan import QuotaPlan, plan
+from extproc.quota.plan import QuotaPlan, completion_field, estimate_tokens, plan
 from extproc.quota.spec import FailureMode, QuotaSettings
 from extproc.quota.store import Admission, QuotaStore, StoreUnavailable
 from extproc.telemetry.metrics import DEGRADED, QUOTA_DENIALS
 
 log = logging.getLogger("extproc.quota")
+
+#: Below this many completion tokens a clamped request is not worth sending.
+_MIN_CLAMPED_TOKENS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,27 @@ class QuotaService:
                 if not s.allowed:
                     QUOTA_DENIALS.labels(s.limit.policy.name, s.limit.dimension, "false").inc()
         return QuotaTicket(quota_plan, admission)
+
+    async def clamp(self, settings: QuotaSettings, identity: Identity, cls: Classification,
+                    route: str | None, body: Mapping[str, Any] | None, lease_id: str,
+                    refused: Admission) -> tuple[QuotaTicket, dict[str, Any], str] | None:
+        """A token budget refused the request and its policy says ``clamp_max_tokens``:
+        lower the request's completion cap to what the budget has left and admit that
+        instead (a second call, only on this path). None when it cannot fit at all."""
+        blocking = refused.blocking
+        if (body is None or blocking is None or blocking.limit.dimension != "budget"
+                or not blocking.limit.policy.clamp_max_tokens or refused.degraded):
+            return None
+        field = completion_field(body)
+        prompt = estimate_tokens({**body, field: 0}, settings.default_max_tokens)
+        allowed = blocking.remaining - prompt
+        if allowed < _MIN_CLAMPED_TOKENS:
+            return None
+        clamped = {**body, field: allowed}
+        ticket = await self.admit(settings, identity, cls, route, clamped, lease_id)
+        if ticket is None or not ticket.admission.admitted:
+            return None
+        return ticket, clamped, field
 
     async def _degraded(self, settings: QuotaSettings, quota_plan: QuotaPlan, lease_id: str,
                         error: str) -> Admission:

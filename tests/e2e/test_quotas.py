@@ -147,3 +147,46 @@ def test_redis_outage_follows_each_policys_failure_mode(fresh_dir) -> None:
             time.sleep(0.2)
     finally:
         s.stop()
+
+
+CLAMP_POLICY = """
+quotas:
+  default_max_tokens: 100
+  policies:
+    - name: clamped
+      match: {plan: trial}
+      budget: {limit: 2000, period: day}
+      clamp_max_tokens: true
+"""
+
+
+def test_max_tokens_is_clamped_to_the_budget_left(fresh_dir) -> None:
+    from extproc.devstack.demo import DEMO_CONFIG
+    from tests.e2e.stack import start_stack
+
+    s = start_stack(fresh_dir, config_text=DEMO_CONFIG.read_text().split("\nquotas:")[0] + CLAMP_POLICY)
+    try:
+        tok = s.token(tenant="trial-co", plan="trial")
+        first = s.request("POST", "/v1/chat/completions",
+                          {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1500},
+                          token=tok)
+        assert first.status == 200 and first.headers["x-demo-max-tokens"] == "1500"
+        # About 490 tokens are left: 1500 does not fit, so the request goes out with less.
+        second = s.request("POST", "/v1/chat/completions",
+                           {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1500},
+                           token=tok)
+        assert second.status == 200, second.body
+        clamped = int(second.headers["x-extproc-max-tokens-clamped"])
+        assert 400 < clamped < 500 and second.headers["x-demo-max-tokens"] == str(clamped)
+        assert second.json()["model"] == "gpt-4o"  # the rest of the body arrived intact
+        # ext_authz cannot rewrite a body: there the same request is refused.
+        third = s.request("POST", "/v1/chat/completions",
+                          {"model": "gpt-4o", "messages": [], "max_tokens": 1500}, token=tok,
+                          port=s.ports.ext_authz)
+        assert third.status == 429 and third.json()["error"]["code"] == "budget_exhausted"
+        # Nothing left worth sending: refused with the budget's 429.
+        last = s.request("POST", "/v1/chat/completions",
+                         {"model": "gpt-4o", "messages": [], "max_tokens": 1500}, token=tok)
+        assert last.status == 429 and last.json()["error"]["code"] == "budget_exhausted"
+    finally:
+        s.stop()
