@@ -3,7 +3,8 @@
 Every response names the pool in ``x-demo-pool`` and echoes the ``x-extproc-*``
 headers that reached it in ``x-demo-extproc-headers`` (JSON), so a person or a
 test can see what the gateway sent upstream. ``x-demo-hold: TOKEN`` on a streaming
-request pauses the stream after its first event until ``POST /__demo/release/TOKEN``.
+request pauses the stream after its first event until ``POST /__demo/release/TOKEN``;
+``x-demo-status: 503`` makes the pool answer that status instead.
 """
 
 from __future__ import annotations
@@ -29,7 +30,17 @@ class DemoPool:
         self._holds: dict[str, asyncio.Event] = {}
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 << 20)
+        @web.middleware
+        async def fail_on_request(request: web.Request, handler):  # type: ignore[no-untyped-def]
+            # ``x-demo-status: 500`` makes the pool fail that request (for failure tests).
+            status = request.headers.get("x-demo-status", "")
+            if status.isdigit() and 400 <= int(status) <= 599:
+                await request.read()
+                return web.json_response({"error": {"message": f"demo failure {status}"}},
+                                         status=int(status), headers=self._headers(request))
+            return await handler(request)
+
+        app = web.Application(client_max_size=64 << 20, middlewares=[fail_on_request])
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.chat)
         app.router.add_post("/v1/embeddings", self.embeddings)

@@ -190,3 +190,14 @@ def test_max_tokens_is_clamped_to_the_budget_left(fresh_dir) -> None:
         assert last.status == 429 and last.json()["error"]["code"] == "budget_exhausted"
     finally:
         s.stop()
+
+
+def test_upstream_errors_release_their_leases(stack: Stack) -> None:
+    tok = stack.token(tenant="err-tenant", plan="free")
+    for status in ("500", "503", "429", "502", "500"):  # more failures than the limit of 2
+        resp = stack.request("POST", "/v1/chat/completions", {"model": "gpt-4o", "messages": []}, token=tok,
+                             headers={"x-demo-status": status})
+        assert resp.status == int(status)
+        assert resp.headers["x-extproc-decision-id"]
+    _wait_in_flight(stack, "err-tenant", 0)
+    assert stack.request("GET", "/v1/models", token=tok).status == 200
