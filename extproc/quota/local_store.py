@@ -95,7 +95,7 @@ class LocalLimiter:
                     self._leases[limit.key][lease_id] = now + int(limit.args[1])
         return Admission(blocking is None, tuple(states), blocking, now, degraded="local")
 
-    async def settle(self, plan: QuotaPlan, lease_id: str, admitted_at_ms: int,
+    async def settle(self, plan: QuotaPlan, lease_id: str, admission: Admission,
                      actual_tokens: int | None) -> bool:
         for limit in plan.limits:
             if limit.kind == "concurrency":

@@ -72,20 +72,20 @@ class RedisQuotaStore:
         reply = await self._call("admit", self._admit, [lm.key for lm in plan.limits], args)
         return states_from_reply(plan, reply)
 
-    async def settle(self, plan: QuotaPlan, lease_id: str, admitted_at_ms: int,
+    async def settle(self, plan: QuotaPlan, lease_id: str, admission: Admission,
                      actual_tokens: int | None) -> bool:
         """Release the lease; true up token rates and token budgets when usage is known."""
         delta = 0 if actual_tokens is None else actual_tokens - plan.estimate_tokens
         keys = [f"xq:{{{plan.tenant_tag}}}:s:{lease_id}"]
-        args = [self._now, lease_id, str(SETTLED_MARKER_TTL_MS), str(admitted_at_ms)]
-        for limit in plan.limits:
+        args = [self._now, lease_id, str(SETTLED_MARKER_TTL_MS)]
+        for limit, state in zip(plan.limits, admission.states, strict=True):
             if limit.kind == "gcra":
                 cost_delta = delta if limit.dimension == "tokens" else 0
                 extra = [limit.args[0], limit.args[1], str(cost_delta)]
             elif limit.kind == "budget":
                 budget = limit.policy.budget
                 cost_delta = delta if budget is not None and budget.unit is Unit.TOKENS else 0
-                extra = [str(cost_delta), limit.args[2], limit.args[3]]
+                extra = [str(cost_delta), str(state.period), ""]
             else:
                 extra = ["", "", ""]
             keys.append(limit.key)

@@ -103,9 +103,9 @@ class QuotaService:
             return
         try:
             if admission.degraded == "local":
-                await self.local.settle(ticket.plan, lease_id, admission.at_ms, actual_tokens)
+                await self.local.settle(ticket.plan, lease_id, admission, actual_tokens)
             elif self.store is not None:
-                await self.store.settle(ticket.plan, lease_id, admission.at_ms, actual_tokens)
+                await self.store.settle(ticket.plan, lease_id, admission, actual_tokens)
         except StoreUnavailable as exc:
             log.warning("settlement failed; the lease will expire by its TTL",
                         extra={"decision_id": lease_id, "error": str(exc)[:200]})

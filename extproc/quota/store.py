@@ -20,6 +20,7 @@ class LimitState:
     retry_ms: int  # -1: can never fit (the request alone exceeds the limit's burst)
     reset_ms: int
     used: int
+    period: int = 0  # budget period id the admission charged (0 for other kinds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +36,7 @@ class Admission:
 class QuotaStore(Protocol):
     async def admit(self, plan: QuotaPlan, lease_id: str) -> Admission: ...
 
-    async def settle(self, plan: QuotaPlan, lease_id: str, admitted_at_ms: int,
+    async def settle(self, plan: QuotaPlan, lease_id: str, admission: Admission,
                      actual_tokens: int | None) -> bool: ...
 
 
@@ -44,7 +45,7 @@ def states_from_reply(plan: QuotaPlan, reply: list[int]) -> Admission:
     blocking_index, at_ms = int(reply[0]), int(reply[1])
     states = []
     for i, limit in enumerate(plan.limits):
-        allowed, remaining, retry, reset, used = (int(v) for v in reply[2 + i * 5: 7 + i * 5])
-        states.append(LimitState(limit, bool(allowed), remaining, retry, reset, used))
+        allowed, remaining, retry, reset, used, period = (int(v) for v in reply[2 + i * 6: 8 + i * 6])
+        states.append(LimitState(limit, bool(allowed), remaining, retry, reset, used, period))
     blocking = states[blocking_index - 1] if blocking_index else None
     return Admission(blocking is None, tuple(states), blocking, at_ms)

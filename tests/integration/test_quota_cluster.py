@@ -67,8 +67,8 @@ async def test_admission_is_exact_and_settles_on_a_cluster(cluster: str) -> None
             results = await asyncio.gather(*(store.admit(p, f"{ident.tenant}-{j}") for j in range(40)))
             assert sum(r.admitted for r in results) == 20, ident.tenant
             admitted = [r for r in results if r.admitted]
-            assert await store.settle(p, f"{ident.tenant}-0", admitted[0].at_ms, actual_tokens=5)
-            assert not await store.settle(p, f"{ident.tenant}-0", admitted[0].at_ms, actual_tokens=5)
+            assert await store.settle(p, f"{ident.tenant}-0", admitted[0], actual_tokens=5)
+            assert not await store.settle(p, f"{ident.tenant}-0", admitted[0], actual_tokens=5)
         nodes = store.client.get_nodes()
         assert len(nodes) == 3
         # SCRIPT FLUSH on every node: the next calls reload the scripts without an error.

@@ -153,8 +153,8 @@ async def test_concurrency_leases_release_idempotently_and_expire(redis_server) 
     a, b, c = [await store.admit(p, lease) for lease in ("l1", "l2", "l3")]
     assert (a.admitted, b.admitted, c.admitted) == (True, True, False)
     assert c.blocking is not None and c.blocking.limit.dimension == "concurrency"
-    assert await store.settle(p, "l1", a.at_ms, None) is True
-    assert await store.settle(p, "l1", a.at_ms, None) is False  # settled once only
+    assert await store.settle(p, "l1", a, None) is True
+    assert await store.settle(p, "l1", a, None) is False  # settled once only
     assert (await store.admit(p, "l4")).admitted
     store._now = str(t0 + 5_001)  # a crashed sidecar's leases (l2, l4) expire by TTL
     assert (await store.admit(p, "l5")).admitted and (await store.admit(p, "l6")).admitted
@@ -166,7 +166,7 @@ async def test_settlement_trues_up_tokens(redis_server) -> None:
     store = await store_for(redis_server, now_ms=ms(datetime(2026, 5, 1, 12, tzinfo=UTC)))
     p = plan(s, ACME, CHAT, "r1", BODY)
     adm = await store.admit(p, "d1")
-    assert await store.settle(p, "d1", adm.at_ms, actual_tokens=30)
+    assert await store.settle(p, "d1", adm, actual_tokens=30)
     redis = Redis.from_url(redis_server.url)
     assert int((await redis.hget("xq:{acme}:b:day", "u")).decode()) == 30
     await redis.aclose()

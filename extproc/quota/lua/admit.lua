@@ -9,7 +9,8 @@
 --   budget       a=limit b=cost c='day'|'month' d=utc_offset_s (calendar budgets)
 --   concurrency  a=limit b=lease_ttl_ms                       (in-flight requests)
 -- Returns {first_blocking_index (0 = admitted), now_ms,
---          then per limit: allowed, remaining, retry_ms, reset_ms, used}
+--          then per limit: allowed, remaining, retry_ms, reset_ms, used, period_id}
+--          (period_id: the budget period charged, 0 for other kinds; settlement needs it)
 
 local function now_ms()
   if ARGV[1] ~= '' then return tonumber(ARGV[1]) end
@@ -65,7 +66,7 @@ for i = 1, #KEYS do
   local kind, enforce = ARGV[base + 1], ARGV[base + 2] == '1'
   local a, b, c, d = ARGV[base + 3], ARGV[base + 4], ARGV[base + 5], ARGV[base + 6]
   local key = KEYS[i]
-  local allowed, remaining, retry, reset, used = 0, 0, 0, 0, 0
+  local allowed, remaining, retry, reset, used, pid = 0, 0, 0, 0, 0, 0
 
   if kind == 'gcra' then
     local period_ms, limit, burst, cost = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
@@ -88,7 +89,8 @@ for i = 1, #KEYS do
     end
   elseif kind == 'budget' then
     local limit, cost = tonumber(a), tonumber(b)
-    local pid, pend = period(c, now, tonumber(d))
+    local pend
+    pid, pend = period(c, now, tonumber(d))
     local stored = redis.call('HMGET', key, 'p', 'u')
     if tonumber(stored[1]) == pid then used = tonumber(stored[2]) or 0 end
     reset = pend - now
@@ -121,6 +123,7 @@ for i = 1, #KEYS do
   out[#out + 1] = retry
   out[#out + 1] = reset
   out[#out + 1] = used
+  out[#out + 1] = pid
 end
 
 if blocking == 0 then

@@ -3,10 +3,9 @@
 --
 -- KEYS[1]  settled marker for this decision; KEYS[2..] the request's limit keys
 -- ARGV[1]  now in ms, or '' for Redis TIME;  ARGV[2] lease id;  ARGV[3] marker TTL ms
--- ARGV[4]  admission time in ms (which budget period the reservation went to)
 -- then 4 values per limit: kind, a, b, c
 --   gcra         a=period_ms b=limit c=cost_delta   (real minus reserved; may be negative)
---   budget       a=cost_delta b='day'|'month' c=utc_offset_s
+--   budget       a=cost_delta b=period id the admission charged (a later period is left alone)
 --   concurrency  (release the lease)
 -- Returns 1 when settled now, 0 when this decision was already settled.
 
@@ -20,32 +19,10 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function civil_from_days(z)
-  z = z + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-    - math.floor(doe / 146096)) / 365)
-  local y = yoe + era * 400
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local m = mp < 10 and mp + 3 or mp - 9
-  if m <= 2 then y = y + 1 end
-  return y, m
-end
-
-local function period_id(kind, t, offset_s)
-  local day = math.floor((math.floor(t / 1000) + offset_s) / 86400)
-  if kind == 'day' then return day end
-  local y, m = civil_from_days(day)
-  return y * 12 + m
-end
-
 local now = now_ms()
 local lease = ARGV[2]
-local admitted = tonumber(ARGV[4])
 for i = 2, #KEYS do
-  local base = 4 + (i - 2) * 4
+  local base = 3 + (i - 2) * 4
   local kind, a, b, c = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
   local key = KEYS[i]
   if kind == 'gcra' then
@@ -59,7 +36,7 @@ for i = 2, #KEYS do
     end
   elseif kind == 'budget' then
     local delta = tonumber(a)
-    if delta ~= 0 and tonumber(redis.call('HGET', key, 'p')) == period_id(b, admitted, tonumber(c)) then
+    if delta ~= 0 and tonumber(redis.call('HGET', key, 'p')) == tonumber(b) then
       redis.call('HINCRBY', key, 'u', delta)
     end
   elseif kind == 'concurrency' then
