@@ -12,15 +12,18 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import multiprocess
 
 from extproc.config.reloader import ConfigHolder
 from extproc.envoy_api import ext_authz, ext_proc
@@ -34,6 +37,8 @@ from extproc.services.admin_http import build_admin_app
 from extproc.services.ext_authz import AuthorizationService
 from extproc.services.ext_proc import ExternalProcessorService
 from extproc.settings import Settings, split_host_port
+from extproc.telemetry import tracing
+from extproc.telemetry.decisions import DecisionObserver
 
 log = logging.getLogger("extproc.app")
 
@@ -88,9 +93,12 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         server = grpc.aio.server(options=_GRPC_OPTIONS)
-        ext_proc_service = ExternalProcessorService(self.pipeline)
+        tracing.configure()
+        cap, sample = self.settings.metrics_tenant_cap, self.settings.log_allow_sample
+        ext_proc_service = ExternalProcessorService(self.pipeline, DecisionObserver("ext_proc", cap, sample))
         ext_proc.add_to_server(ext_proc_service, server)
-        ext_authz.add_to_server(AuthorizationService(self.pipeline), server)
+        ext_authz.add_to_server(
+            AuthorizationService(self.pipeline, DecisionObserver("ext_authz", cap, sample)), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for address in self.settings.listen:
             if address.startswith("unix:"):
@@ -126,6 +134,7 @@ class Worker:
         await self.identity.close()
         if self.redis is not None:
             await self.redis.aclose()
+        tracing.shutdown()
         if admin is not None:
             await admin.cleanup()
         log.info("stopped")
@@ -157,6 +166,7 @@ def worker_command(settings: Settings, index: int) -> list[str]:
     cmd = [sys.executable, "-m", "extproc", "serve", "--config", str(ws.config_path),
            "--drain-seconds", str(ws.drain_seconds), "--shutdown-delay", str(ws.shutdown_delay),
            "--log-level", ws.log_level, "--redis-timeout-ms", str(ws.redis_timeout_ms),
+           "--metrics-tenant-cap", str(ws.metrics_tenant_cap), "--log-allow-sample", str(ws.log_allow_sample),
            "--worker-index", str(index)]
     for address in ws.listen:
         cmd += ["--listen", address]
@@ -180,8 +190,11 @@ def run_supervisor(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # Workers share one metrics directory, so any worker's /metrics covers all of them.
+    metrics_dir = tempfile.mkdtemp(prefix="extproc-metrics-")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     for i in range(settings.workers):
-        children[i] = subprocess.Popen(worker_command(settings, i))
+        children[i] = subprocess.Popen(worker_command(settings, i), env=env)
     log.info("supervising workers", extra={"workers": settings.workers})
     while not stopping:
         time.sleep(0.2)
@@ -189,12 +202,14 @@ def run_supervisor(settings: Settings) -> int:
             code = child.poll()
             if code is not None and not stopping:
                 log.error("worker exited; restarting", extra={"worker": i, "exit_code": code})
+                multiprocess.mark_process_dead(child.pid, metrics_dir)  # type: ignore[no-untyped-call]
                 time.sleep(0.5)
-                children[i] = subprocess.Popen(worker_command(settings, i))
+                children[i] = subprocess.Popen(worker_command(settings, i), env=env)
     deadline = time.monotonic() + settings.drain_seconds + 5
     for child in children.values():
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="quota store: redis://, rediss://, redis+sentinel://, redis+cluster://")
     s.add_argument("--redis-timeout-ms", type=int, default=int(env_default("REDIS_TIMEOUT_MS", "50")),
                    help="per-call Redis timeout (keep well under Envoy's message_timeout)")
+    s.add_argument("--metrics-tenant-cap", type=int, default=int(env_default("METRICS_TENANT_CAP", "100")),
+                   help="tenants with their own metric series; the rest are counted as 'other'")
+    s.add_argument("--log-allow-sample", type=float, default=float(env_default("LOG_ALLOW_SAMPLE", "0")),
+                   help="fraction of allowed decisions to log (denials and degraded ones: always)")
     s.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
 
     c = sub.add_parser("check-config", help="validate a policy file; non-zero exit on errors")
@@ -136,6 +140,8 @@ def _serve(args: argparse.Namespace) -> int:
         shutdown_delay=args.shutdown_delay,
         redis_url=args.redis_url,
         redis_timeout_ms=args.redis_timeout_ms,
+        metrics_tenant_cap=args.metrics_tenant_cap,
+        log_allow_sample=args.log_allow_sample,
         log_level=args.log_level,
     )
     if settings.workers > 1:

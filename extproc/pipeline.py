@@ -28,6 +28,7 @@ from extproc.identity.base import Authenticator
 from extproc.identity.tokens import TokenError
 from extproc.quota import headers as quota_headers
 from extproc.quota.service import QuotaService
+from extproc.telemetry.timing import PhaseTimer
 
 
 class SnapshotSource(Protocol):
@@ -44,6 +45,7 @@ class AwaitingBody:
     snapshot: Snapshot
     decision_id: str
     identity: Identity
+    timer: PhaseTimer
 
 
 class Pipeline:
@@ -53,21 +55,26 @@ class Pipeline:
         self._authenticator = authenticator
         self._quota = quota or QuotaService(None)
 
-    async def on_request_headers(self, facts: RequestFacts) -> Decision | AwaitingBody:
+    async def on_request_headers(
+        self, facts: RequestFacts, timer: PhaseTimer | None = None
+    ) -> Decision | AwaitingBody:
+        timer = timer or PhaseTimer()
         snapshot = self._config.current
         decision_id = new_decision_id()
         # 1. Identity: only ever from a verified credential.
         identity = await self._identify(decision_id, snapshot.listener(facts.listener), facts)
+        timer.lap("identify")
         if isinstance(identity, Decision):
             return identity
         # 2. Classification, from the head alone unless the matching rule needs the body.
         cls = snapshot.classifier.classify_headers(
             facts.method, facts.path, facts.host, facts.headers, _json_body_follows(facts)
         )
+        timer.lap("classify")
         if cls is NEEDS_BODY:
-            return AwaitingBody(snapshot, decision_id, identity)
+            return AwaitingBody(snapshot, decision_id, identity, timer)
         assert isinstance(cls, Classification)
-        return await self._decide(snapshot, decision_id, facts, identity, cls, None)
+        return await self._decide(snapshot, decision_id, facts, identity, cls, None, timer)
 
     async def on_request_body(
         self, facts: RequestFacts, pending: AwaitingBody, raw: bytes, truncated: bool = False
@@ -79,6 +86,8 @@ class Pipeline:
         ``end_of_stream`` alone is no sign of a cut (trailers may follow).
         """
         snapshot, decision_id, identity = pending.snapshot, pending.decision_id, pending.identity
+        timer = pending.timer
+        timer.resume()  # the wait for the body is not decision time
         limit = snapshot.max_body_bytes
         if truncated or len(raw) > limit:
             return deny(decision_id, Reason.BODY_TOO_LARGE,
@@ -95,7 +104,8 @@ class Pipeline:
             if not isinstance(body, dict):
                 return deny(decision_id, Reason.INVALID_JSON, "request body must be a JSON object")
         cls = snapshot.classifier.classify(facts.method, facts.path, facts.host, facts.headers, body)
-        return await self._decide(snapshot, decision_id, facts, identity, cls, body)
+        timer.lap("classify")
+        return await self._decide(snapshot, decision_id, facts, identity, cls, body, timer)
 
     async def _identify(
         self, decision_id: str, listener: ListenerPolicy, facts: RequestFacts
@@ -116,7 +126,7 @@ class Pipeline:
 
     async def _decide(
         self, snapshot: Snapshot, decision_id: str, facts: RequestFacts, identity: Identity,
-        cls: Classification, body: Mapping[str, Any] | None,
+        cls: Classification, body: Mapping[str, Any] | None, timer: PhaseTimer,
     ) -> Decision:
         # 3. Unknown work is refused unless this listener allows it.
         if (
@@ -131,6 +141,7 @@ class Pipeline:
             return deny(decision_id, refusal.reason, refusal.message, cls, identity, policy=refusal.rule)
         # 5. Route: the first matching table entry names the upstream pool.
         entry = snapshot.routes.lookup(cls.workload, cls.model, identity.tenant)
+        timer.lap("route")
         if entry is None:
             return deny(
                 decision_id, Reason.NO_ROUTE,
@@ -138,6 +149,7 @@ class Pipeline:
             )
         # 6. Quota: every applicable limit in ONE Redis call; nothing is consumed on a refusal.
         ticket = await self._quota.admit(snapshot.quotas, identity, cls, entry.id, body, decision_id)
+        timer.lap("quota")
         if ticket is None:
             return allow(decision_id, cls, identity, entry.pool, entry.id)
         admission = ticket.admission

@@ -23,6 +23,8 @@ class Settings:
     log_level: str = "info"
     redis_url: str | None = None
     redis_timeout_ms: int = 50
+    metrics_tenant_cap: int = 100
+    log_allow_sample: float = 0.0
 
     def for_worker(self, index: int) -> Settings:
         """Worker ``index`` of N: TCP ports offset by index; sockets get a ``-index`` suffix."""

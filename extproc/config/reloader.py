@@ -19,6 +19,7 @@ from pathlib import Path
 from extproc.config.loader import load_file
 from extproc.config.model import Snapshot
 from extproc.config.reader import ConfigError
+from extproc.telemetry.metrics import CONFIG_INFO, CONFIG_RELOADS
 
 log = logging.getLogger("extproc.config")
 
@@ -49,6 +50,7 @@ class ConfigHolder:
     def __init__(self, path: str | Path, on_swap: Callable[[Snapshot], None] | None = None) -> None:
         self.path = Path(path)
         self.current = Snapshot(load_file(self.path))  # a bad file at start-up is fatal
+        CONFIG_INFO.labels(self.current.version).set(1)
         self.status = ReloadStatus(self.current.version, time.time())
         self._stat = _stat_key(self.path)
         self.on_swap = on_swap
@@ -63,6 +65,7 @@ class ConfigHolder:
             config = load_file(self.path)
         except Exception as exc:  # a loader bug must not look like a healthy reload either
             errors = exc.errors if isinstance(exc, ConfigError) else [f"internal error: {exc!r}"]
+            CONFIG_RELOADS.labels("rejected").inc()
             self.status = ReloadStatus(
                 self.status.version, self.status.loaded_at, "\n".join(errors), time.time()
             )
@@ -78,6 +81,9 @@ class ConfigHolder:
             return False
         previous = self.current.version
         self.current = Snapshot(config)
+        CONFIG_RELOADS.labels("ok").inc()
+        CONFIG_INFO.labels(previous).set(0)
+        CONFIG_INFO.labels(self.current.version).set(1)
         self.status = ReloadStatus(self.current.version, time.time())
         log.info(
             "config reloaded",

@@ -21,6 +21,7 @@ import aiohttp
 
 from extproc.identity.keys import KeySet, build_keyset
 from extproc.identity.spec import IssuerSpec
+from extproc.telemetry import tracing
 from extproc.telemetry.metrics import ISSUER_HEALTHY, ISSUER_KEYS, JWKS_FETCHES
 
 log = logging.getLogger("extproc.identity")
@@ -106,6 +107,10 @@ class IssuerKeys:
         """Fetch the JWKS now. Returns True when it succeeded (keys may be unchanged)."""
         if not self.fetched:
             return True
+        with tracing.child_span("jwks refresh", {"extproc.issuer": self.spec.name}):
+            return await self._refresh()
+
+    async def _refresh(self) -> bool:
         self.fetches += 1
         try:
             if self.jwks_uri is None:

@@ -18,7 +18,8 @@ from extproc.quota.breaker import CircuitBreaker
 from extproc.quota.plan import QuotaPlan
 from extproc.quota.spec import Unit
 from extproc.quota.store import Admission, StoreUnavailable, states_from_reply
-from extproc.telemetry.metrics import REDIS_ERRORS, REDIS_SECONDS
+from extproc.telemetry import tracing
+from extproc.telemetry.metrics import BREAKER_OPEN, REDIS_ERRORS, REDIS_SECONDS
 
 log = logging.getLogger("extproc.quota")
 
@@ -55,13 +56,16 @@ class RedisQuotaStore:
             REDIS_ERRORS.labels(op, "breaker_open").inc()
             raise StoreUnavailable("circuit breaker open")
         started = time.perf_counter()
-        try:
-            result = await asyncio.wait_for(script(keys=keys, args=args), self.timeout_s)
-        except _ERRORS as exc:
-            self.breaker.failure()
-            REDIS_ERRORS.labels(op, type(exc).__name__).inc()
-            raise StoreUnavailable(f"redis {op}: {type(exc).__name__}: {exc}") from exc
+        with tracing.child_span(f"redis {op}", {"db.system": "redis", "db.operation": "EVALSHA"}):
+            try:
+                result = await asyncio.wait_for(script(keys=keys, args=args), self.timeout_s)
+            except _ERRORS as exc:
+                self.breaker.failure()
+                BREAKER_OPEN.set(1 if self.breaker.state != "closed" else 0)
+                REDIS_ERRORS.labels(op, type(exc).__name__).inc()
+                raise StoreUnavailable(f"redis {op}: {type(exc).__name__}: {exc}") from exc
         self.breaker.success()
+        BREAKER_OPEN.set(0)
         REDIS_SECONDS.labels(op).observe(time.perf_counter() - started)
         return result
 

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+
+
+def _registry() -> CollectorRegistry:
+    """With ``--workers N`` every worker writes its metrics to PROMETHEUS_MULTIPROC_DIR and
+    any worker's /metrics answers for all of them; one worker uses its own registry."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
 
 
 def build_admin_app(status: Callable[[], dict[str, Any]]) -> web.Application:
@@ -23,7 +34,7 @@ def build_admin_app(status: Callable[[], dict[str, Any]]) -> web.Application:
         return web.json_response(status())
 
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=generate_latest(_registry()), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)

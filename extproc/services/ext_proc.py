@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
 
 import grpc
 
@@ -13,6 +13,9 @@ from extproc.envoy_api import ext_proc as codec
 from extproc.pipeline import AwaitingBody, Pipeline
 from extproc.services.common import internal_error, listener_name
 from extproc.telemetry.decisions import DecisionObserver
+from extproc.telemetry.metrics import STREAMS_OPEN
+from extproc.telemetry.timing import PhaseTimer
+from extproc.telemetry.tracing import DecisionSpan
 
 _ADAPTER = "ext_proc"
 #: Stands in for the facts of a request whose headers could not be read.
@@ -29,13 +32,14 @@ class _Stream:
 
 
 class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, observer: DecisionObserver | None = None) -> None:
         self._pipeline = pipeline
-        self._observer = DecisionObserver(_ADAPTER)
+        self._observer = observer or DecisionObserver(_ADAPTER)
         self._settling: set[asyncio.Task[None]] = set()
 
     async def Process(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
         stream = _Stream()
+        STREAMS_OPEN.inc()
         try:
             await self._process(context, stream)
         except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -45,12 +49,19 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
         except grpc.aio.UsageError:
             return  # write after the RPC finished (cancelled under us)
         finally:
+            STREAMS_OPEN.dec()
             # The HTTP request is over (completed, reset or aborted): settle its quota.
             # A task of its own, so a cancelled stream cannot cancel the settlement.
             if stream.decision is not None and stream.decision.quota is not None:
                 task = asyncio.get_running_loop().create_task(self._pipeline.settle(stream.decision))
                 self._settling.add(task)
                 task.add_done_callback(self._settling.discard)
+
+    def _decided(self, decision: Decision, facts: RequestFacts, timer: PhaseTimer,
+                 span: DecisionSpan | None) -> None:
+        self._observer.observe(decision, facts, timer)
+        if span is not None:
+            span.finish(decision)
 
     async def drain(self) -> None:
         """Wait for settlements still in flight (shutdown)."""
@@ -59,6 +70,8 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
 
     async def _process(self, context: grpc.aio.ServicerContext, stream: _Stream) -> None:
         listener = listener_name(context)
+        timer = PhaseTimer()
+        span: DecisionSpan | None = None
         facts: RequestFacts | None = None
         pending: AwaitingBody | None = None
         decision: Decision | None = None
@@ -68,11 +81,12 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
                 return
             kind = request.WhichOneof("request")
             if kind == "request_headers":
-                started = time.perf_counter()
+                span = DecisionSpan(context.invocation_metadata(), _ADAPTER)
                 facts = _UNREADABLE
                 try:
                     facts = codec.request_facts(request.request_headers, listener)
-                    outcome = await self._pipeline.on_request_headers(facts)
+                    with span.active():
+                        outcome = await self._pipeline.on_request_headers(facts, timer)
                 except Exception:
                     outcome = internal_error(_ADAPTER)
                     self._observer.error()
@@ -81,19 +95,19 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
                     response = codec.read_body(facts)
                 else:
                     decision = stream.decision = outcome
-                    self._observer.observe(decision, facts, time.perf_counter() - started)
+                    self._decided(decision, facts, timer, span)
                     response = codec.decided(decision, facts, "headers")
             elif kind == "request_body" and pending is not None and facts is not None:
                 body = request.request_body
-                started = time.perf_counter()
                 try:
-                    decision = await self._pipeline.on_request_body(facts, pending, body.body)
+                    with span.active() if span else contextlib.nullcontext():
+                        decision = await self._pipeline.on_request_body(facts, pending, body.body)
                 except Exception:
                     decision = internal_error(_ADAPTER)
                     self._observer.error()
                 pending = None
                 stream.decision = decision
-                self._observer.observe(decision, facts, time.perf_counter() - started)
+                self._decided(decision, facts, timer, span)
                 response = codec.decided(decision, facts, "body")
             elif kind == "response_headers":
                 # A local reply (e.g. Envoy's request timeout) may come while we still wait

@@ -1,12 +1,14 @@
-"""What happens after each decision: metrics and the denial log line.
+"""What happens after each decision: metrics, and the log line for denials and degraded decisions.
 
-Label values come only from bounded sets (reason codes, classes, listener names
-from config), never from raw client input.
+Label values come only from bounded sets (reason codes, classes, route ids and
+listener names from config). Tenants are client-chosen, so tenant-level series are
+capped: the first ``tenant_cap`` tenants seen get their own label, the rest ``other``.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 
 from prometheus_client import Counter, Histogram
 
@@ -14,54 +16,110 @@ from extproc.domain.classify import WorkloadClass
 from extproc.domain.decision import Decision
 from extproc.domain.facts import RequestFacts
 from extproc.domain.reasons import Reason
+from extproc.telemetry.timing import PhaseTimer
+from extproc.telemetry.tracing import current_trace_id
 
 log = logging.getLogger("extproc.decision")
 
 DECISIONS = Counter(
-    "extproc_decisions_total", "Decisions by outcome, reason code and workload class",
-    ["adapter", "outcome", "reason", "workload_class"],
+    "extproc_decisions_total", "Decisions by outcome, reason code, workload class and route entry",
+    ["adapter", "outcome", "reason", "workload_class", "route"],
 )
 DECISION_SECONDS = Histogram(
-    "extproc_decision_duration_seconds", "Time spent in the decision pipeline per request",
-    ["adapter"],
-    buckets=(0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+    "extproc_decision_duration_seconds",
+    "Time in the decision pipeline per request, by phase (identify, classify, route, quota, total)",
+    ["adapter", "phase"],
+    buckets=(0.00002, 0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003,
+             0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
 ERRORS = Counter(
     "extproc_pipeline_errors_total", "Unexpected errors in the pipeline (answered fail-closed)",
     ["adapter"],
 )
+TENANT_DECISIONS = Counter(
+    "extproc_tenant_decisions_total", "Decisions per tenant (top tenants; the rest are 'other')",
+    ["tenant", "outcome"],
+)
+TOKENS_RESERVED = Counter(
+    "extproc_tokens_reserved_total", "Tokens reserved at admission (estimates), by class and route",
+    ["workload_class", "route"],
+)
+
+
+class TenantLabels:
+    """Maps tenants to label values, at most ``cap`` distinct ones plus ``other``."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._seen: set[str] = set()
+
+    def __call__(self, tenant: str | None) -> str:
+        if not tenant:
+            return "-"
+        if tenant in self._seen:
+            return tenant
+        if len(self._seen) < self.cap:
+            self._seen.add(tenant)
+            return tenant
+        return "other"
 
 
 class DecisionObserver:
-    def __init__(self, adapter: str) -> None:
+    def __init__(self, adapter: str, tenant_cap: int = 100, allow_log_sample: float = 0.0) -> None:
         self._adapter = adapter
-        self._seconds = DECISION_SECONDS.labels(adapter)
         self._errors = ERRORS.labels(adapter)
-        self._counters: dict[tuple[Reason, WorkloadClass], Counter] = {}
+        self._phases: dict[str, Histogram] = {}
+        self._counters: dict[tuple[Reason, WorkloadClass, str | None], Counter] = {}
+        self._tenant = TenantLabels(tenant_cap)
+        self._allow_log_sample = allow_log_sample
 
-    def observe(self, decision: Decision, facts: RequestFacts, seconds: float) -> None:
-        key = (decision.reason, decision.workload)
+    def _phase(self, phase: str) -> Histogram:
+        h = self._phases.get(phase)
+        if h is None:
+            h = self._phases[phase] = DECISION_SECONDS.labels(self._adapter, phase)
+        return h
+
+    def observe(self, decision: Decision, facts: RequestFacts, timer: PhaseTimer) -> None:
+        outcome = "allow" if decision.allowed else "deny"
+        key = (decision.reason, decision.workload, decision.route)
         counter = self._counters.get(key)
-        if counter is None:  # bounded: reasons x classes
-            outcome = "allow" if decision.allowed else "deny"
-            counter = DECISIONS.labels(self._adapter, outcome, decision.reason.value, decision.workload.value)
-            self._counters[key] = counter
+        if counter is None:  # bounded: reasons x classes x route ids
+            counter = self._counters[key] = DECISIONS.labels(
+                self._adapter, outcome, decision.reason.value, decision.workload.value, decision.route or "-")
         counter.inc()
-        self._seconds.observe(seconds)
-        if not decision.allowed:
-            log.info(
-                "request denied",
-                extra={
-                    "decision_id": decision.decision_id,
-                    "reason": decision.reason.value,
-                    "status": decision.status,
-                    "detail": decision.message,
-                    "method": facts.method,
-                    "path": facts.path[:256],
-                    "workload_class": decision.workload.value,
-                    "adapter": self._adapter,
-                },
-            )
+        for phase, seconds in timer.laps:
+            self._phase(phase).observe(seconds)
+        self._phase("total").observe(timer.total)
+        TENANT_DECISIONS.labels(self._tenant(decision.tenant), outcome).inc()
+        if decision.quota is not None and decision.allowed:
+            TOKENS_RESERVED.labels(decision.workload.value, decision.route or "-").inc(
+                decision.quota.plan.estimate_tokens)
+        if not decision.allowed or decision.degraded or (
+                self._allow_log_sample and random.random() < self._allow_log_sample):
+            self._log(decision, facts, outcome)
+
+    def _log(self, decision: Decision, facts: RequestFacts, outcome: str) -> None:
+        log.info(
+            f"request {'denied' if not decision.allowed else 'allowed'}",
+            extra={
+                "decision_id": decision.decision_id,
+                "trace_id": current_trace_id(),
+                "outcome": outcome,
+                "reason": decision.reason.value,
+                "status": decision.status if not decision.allowed else 200,
+                "detail": decision.message,
+                "policy": decision.policy,
+                "degraded": decision.degraded,
+                "tenant": decision.tenant,
+                "method": facts.method,
+                "path": facts.path[:256],
+                "workload_class": decision.workload.value,
+                "model": decision.model,
+                "route": decision.route,
+                "upstream": decision.upstream,
+                "adapter": self._adapter,
+            },
+        )
 
     def error(self) -> None:
         self._errors.inc()

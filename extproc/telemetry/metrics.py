@@ -8,10 +8,11 @@ JWKS_FETCHES = Counter(
     "extproc_jwks_fetches_total", "JWKS (and discovery) fetches by issuer and result",
     ["issuer", "result"],
 )
-ISSUER_KEYS = Gauge("extproc_issuer_keys", "Usable verification keys per issuer", ["issuer"])
+ISSUER_KEYS = Gauge("extproc_issuer_keys", "Usable verification keys per issuer", ["issuer"],
+                    multiprocess_mode="max")
 ISSUER_HEALTHY = Gauge(
     "extproc_issuer_healthy", "1 when the issuer's last JWKS fetch succeeded (static JWKS: always)",
-    ["issuer"],
+    ["issuer"], multiprocess_mode="min",
 )
 TOKEN_CACHE = Counter(
     "extproc_token_cache_total", "Verified-token cache lookups by result", ["result"],
@@ -22,7 +23,13 @@ REDIS_SECONDS = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
 )
 REDIS_ERRORS = Counter("extproc_redis_errors_total", "Redis failures by operation and error", ["op", "error"])
-BREAKER_STATE = Gauge("extproc_quota_breaker_open", "1 while the quota store's circuit breaker is open")
+BREAKER_OPEN = Gauge("extproc_quota_breaker_open", "1 while the quota store's circuit breaker is open",
+                     multiprocess_mode="max")
+STREAMS_OPEN = Gauge("extproc_ext_proc_streams_open", "ext_proc streams in flight",
+                     multiprocess_mode="livesum")
+CONFIG_INFO = Gauge("extproc_config_info", "The policy config version being served (value 1)", ["version"],
+                    multiprocess_mode="max")
+CONFIG_RELOADS = Counter("extproc_config_reloads_total", "Config reload attempts by result", ["result"])
 DEGRADED = Counter(
     "extproc_degraded_decisions_total", "Decisions made without the shared quota store, by failure mode",
     ["mode"],
