@@ -83,12 +83,13 @@ def wait_http(url: str, timeout: float = 20.0, expect: int = 200, proc: subproce
 class Child:
     """A child process whose output goes to a log file; stopped (then killed) on exit."""
 
-    def __init__(self, name: str, cmd: list[str], log_dir: Path) -> None:
+    def __init__(self, name: str, cmd: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     stdin=subprocess.DEVNULL,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
     def log(self) -> str:
         if not self._log.closed:

@@ -43,6 +43,8 @@ def render(
     route_timeout: str = "300s",
     access_log_path: str = "/dev/stdout",
     listen_address: str = "127.0.0.1",
+    otlp: tuple[str, int] = ("127.0.0.1", 4317),
+    trace_sampling_percent: float = 100.0,
 ) -> str:
     p = asdict(ports or EnvoyPorts())
     values: dict[str, object] = {
@@ -57,5 +59,8 @@ def render(
         "MESSAGE_TIMEOUT": message_timeout,
         "ROUTE_TIMEOUT": route_timeout,
         "ACCESS_LOG_PATH": access_log_path,
+        "OTLP_HOST": otlp[0],
+        "OTLP_PORT": otlp[1],
+        "TRACE_SAMPLING_PERCENT": trace_sampling_percent,
     }
     return string.Template(template.read_text()).substitute(values)

@@ -52,6 +52,8 @@ class DemoPool:
     def _headers(self, request: web.Request, body: dict[str, Any] | None = None) -> dict[str, str]:
         seen = {k.lower(): v for k, v in request.headers.items() if k.lower().startswith("x-extproc-")}
         out = {"x-demo-pool": self.name, "x-demo-extproc-headers": json.dumps(seen, sort_keys=True)}
+        if "traceparent" in request.headers:
+            out["x-demo-traceparent"] = request.headers["traceparent"]  # what Envoy propagated
         if body is not None and "max_tokens" in body:
             out["x-demo-max-tokens"] = str(body["max_tokens"])  # what the gateway let through
         return out

@@ -93,6 +93,13 @@ async def test_workers_each_serve_their_own_port_and_socket(tmp_path: Path) -> N
             with urllib.request.urlopen(f"http://127.0.0.1:{admin + i}/status") as r:
                 pids.add(json.loads(r.read())["pid"])
         assert len(pids) == 2
+        # Metrics are multi-process: each worker's /metrics counts every worker's decisions.
+        for i in range(2):
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin + i}/metrics") as r:
+                text = r.read().decode()
+            total = sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+                        if line.startswith("extproc_decisions_total{"))
+            assert total == 4, text[:2000]  # 2 workers x (TCP + socket)
     finally:
         assert child.stop() == 0
     assert "Traceback" not in child.log()

@@ -137,7 +137,9 @@ class Stack:
             self.redis.stop()
 
 
-def start_stack(tmp: Path, sidecar_uds: bool = False, config_text: str | None = None) -> Stack:
+def start_stack(tmp: Path, sidecar_uds: bool = False, config_text: str | None = None,
+                otlp_port: int | None = None, sidecar_args: tuple[str, ...] = ()) -> Stack:
+    """The whole gateway. ``otlp_port``: a collector there receives Envoy's and the sidecar's spans."""
     ports = EnvoyPorts(ext_proc=free_port(), ext_authz=free_port(), admin=free_port(),
                        pool_a=free_port(), pool_b=free_port())
     issuer = f"http://127.0.0.1:{free_port()}"
@@ -160,13 +162,16 @@ def start_stack(tmp: Path, sidecar_uds: bool = False, config_text: str | None = 
         stack.redis = RedisServer(tmp / "redis").start()
         stack.pools = PoolsThread({"pool-a": ports.pool_a, "pool-b": ports.pool_b},
                                   int(issuer.rsplit(":", 1)[1]), keys)
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
+               "OTEL_BSP_SCHEDULE_DELAY": "100"} if otlp_port else {}
         sc = Child("sidecar", sidecar_command(config_path, [sidecar], admin, "--drain-seconds", "1",
-                                              "--redis-url", stack.redis.url), tmp)
+                                              "--redis-url", stack.redis.url, *sidecar_args), tmp, env)
         stack.children.append(sc)
         wait_http(f"http://{admin}/readyz", proc=sc.proc)
         envoy_yaml = tmp / "envoy.yaml"
         envoy_yaml.write_text(render(stack.sidecars, ports, access_log_path=str(tmp / "access.log"),
-                                     buffer_limit_bytes=(1 << 20) + (64 << 10)))
+                                     buffer_limit_bytes=(1 << 20) + (64 << 10),
+                                     otlp=("127.0.0.1", otlp_port or free_port())))
         env = Child("envoy", [envoy_binary(), "-c", str(envoy_yaml), "--log-level", "warn",
                               "--base-id", str(ports.admin), "--drain-time-s", "1"], tmp)
         stack.children.append(env)

@@ -181,3 +181,10 @@ routing: {{pools: [p], routes: [{{pool: p}}]}}
         assert not isinstance(ignored, AwaitingBody) and ignored.allowed and ignored.tenant == "anonymous"
     finally:
         await auth.close()
+
+
+def test_tenant_labels_are_capped() -> None:
+    from extproc.telemetry.decisions import TenantLabels
+
+    labels = TenantLabels(cap=3)
+    assert [labels(t) for t in ("a", "b", "c", "d", "a", "e", None)] == ["a", "b", "c", "other", "a", "other", "-"]
