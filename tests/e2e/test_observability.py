@@ -93,3 +93,45 @@ def test_traces_continue_envoys_trace_context(fresh_dir: Path) -> None:
     finally:
         s.stop()
         collector.stop()
+
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+_METRIC = re.compile(r"\b((?:extproc|envoy)_[a-z0-9_]+)\b(?!\s*=)")
+
+
+def _exported(text: str) -> set[str]:
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            names.add(name)
+            if kind == "histogram":
+                names |= {f"{name}_bucket", f"{name}_count", f"{name}_sum"}
+            if kind == "counter":
+                names.add(f"{name}_total" if not name.endswith("_total") else name)
+    return names
+
+
+def test_dashboard_and_alerts_name_only_exported_metrics(stack: Stack) -> None:
+    import json
+
+    import yaml
+
+    dashboard = json.loads((DEPLOY / "dashboards" / "extproc.json").read_text())
+    rules = yaml.safe_load((DEPLOY / "alerts.yaml").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    assert len(exprs) > 20
+    # Make every series exist: traffic of each kind, including a quota denial.
+    free = stack.token(tenant="dash-co", plan="free")
+    stack.chat("gpt-4o", token=stack.token(tenant="dash-pro", plan="pro"))
+    for _ in range(62):
+        stack.request("GET", "/v1/models", token=free)
+    with urllib.request.urlopen(f"http://{stack.sidecar_admin}/metrics") as r:  # type: ignore[attr-defined]
+        sidecar = _exported(r.read().decode())
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.ports.admin}/stats/prometheus") as r:
+        envoy = _exported(r.read().decode())
+    used = {m for e in exprs for m in _METRIC.findall(e)}
+    missing = sorted(m for m in used if m not in (sidecar if m.startswith("extproc_") else envoy))
+    assert missing == [], missing
+    assert {"extproc_redis_errors_total", "extproc_degraded_decisions_total"} <= used
