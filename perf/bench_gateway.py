@@ -1,0 +1,271 @@
+"""Side-by-side load benchmark of the real stack, in one run on this machine.
+
+(A) plain Envoy, no sidecar; (B) Envoy + the do-nothing sidecar (same grpc.aio stack and
+processing modes, no policy); (C) Envoy + the full sidecar (cached token verification,
+classification, one Redis quota admission, routing, settlement), over ext_proc and ext_authz.
+The upstream pools are an Envoy answering with direct_response, so the gateway is what is
+measured. Runs are interleaved (A B C, A B C, ...) and medians reported, with ratios.
+
+    .venv/bin/python perf/bench_gateway.py [--quick] [--out perf/results/DATE]
+
+Load: wrk, closed loop (max throughput; its latency percentiles include coordinated
+omission and so are upper-bound-ish). Sidecar CPU per request comes from /proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from extproc.devstack.demo import DEMO_CONFIG  # noqa: E402
+from extproc.devstack.envoy_config import EnvoyPorts, render  # noqa: E402
+from extproc.devstack.keys import DEFAULT_ISSUER, KeyStore, mint_token  # noqa: E402
+from tests.e2e.stack import PoolsThread  # noqa: E402
+from tests.redis_server import RedisServer  # noqa: E402
+from tests.support import Child, envoy_binary, free_port, wait_http  # noqa: E402
+
+BENCH_QUOTA = """
+quotas:
+  policies:
+    - name: bench
+      match: {plan: bench}
+      requests: {limit: 100000000, per: second}
+      budget: {limit: 1000000000000, period: day}
+      concurrency: {limit: 100000}
+"""
+CHAT_BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi."}],
+                        "max_tokens": 16})
+
+
+def _template(name: str, **values: object) -> str:
+    return string.Template((ROOT / "envoy" / name).read_text()).substitute(values)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+_UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    return float(m.group(1)) * _UNIT[m.group(2)] if m else float("nan")
+
+
+def run_wrk(url: str, token: str | None, body: str | None, seconds: int, connections: int,
+            workdir: Path) -> dict[str, float]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if token:
+        cmd += ["-H", f"authorization: Bearer {token}"]
+    if body is not None:
+        script = workdir / "post.lua"
+        script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
+                          'wrk.headers["content-type"] = "application/json"\n')
+        cmd += ["-s", str(script)]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    pct = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.M))
+    return {"rps": rps, "requests": total, "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+            **{f"p{k}_ms": _ms(v) for k, v in pct.items()}}
+
+
+class Bench:
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.children: list[Child] = []
+        self.redis = RedisServer(workdir / "redis").start()
+        self.pool_a, self.pool_b = free_port(), free_port()
+        self.issuer_port = free_port()
+        self.keys = KeyStore(workdir / "keys")
+        self.keys.published()
+        self.issuer = f"http://127.0.0.1:{self.issuer_port}"
+        self.issuer_thread = PoolsThread({}, self.issuer_port, self.keys)
+        self.token = mint_token(self.keys.current(), "bench-co", "bench", ("inference",), 3600 * 4,
+                                issuer=self.issuer)
+        self.urls: dict[str, str] = {}
+        self.sidecar_pid: dict[str, int] = {}
+
+    def _spawn(self, name: str, cmd: list[str]) -> Child:
+        child = Child(name, cmd, self.dir)
+        self.children.append(child)
+        return child
+
+    def _envoy(self, name: str, text: str, admin: int) -> None:
+        path = self.dir / f"{name}.yaml"
+        path.write_text(text)
+        child = self._spawn(name, [envoy_binary(), "-c", str(path), "--log-level", "error",
+                                   "--base-id", str(admin), "--concurrency", "1"])
+        wait_http(f"http://127.0.0.1:{admin}/ready", proc=child.proc)
+
+    def start(self) -> None:
+        admin = free_port()
+        self._envoy("fake-upstream", _template("fake-upstream.yaml", ADMIN_PORT=admin,
+                                                POOL_A_PORT=self.pool_a, POOL_B_PORT=self.pool_b), admin)
+        plain_port, admin = free_port(), free_port()
+        self._envoy("plain", _template("plain.yaml", ADMIN_PORT=admin, LISTEN_PORT=plain_port,
+                                       POOL_A_PORT=self.pool_a), admin)
+        self.urls["A"] = f"http://127.0.0.1:{plain_port}"
+        # (B) the do-nothing sidecar
+        noop = f"127.0.0.1:{free_port()}"
+        child = self._spawn("noop-sidecar", [sys.executable, "-m", "extproc", "noop-sidecar", "--listen", noop])
+        self.sidecar_pid["B"] = child.proc.pid
+        self._gateway("B", noop)
+        # (C) the full sidecar
+        policy = self.dir / "policy.yaml"
+        policy.write_text(DEMO_CONFIG.read_text().replace(DEFAULT_ISSUER, self.issuer).split("\nquotas:")[0]
+                          + BENCH_QUOTA)
+        full, sidecar_admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        child = self._spawn("sidecar", [sys.executable, "-m", "extproc", "serve", "--config", str(policy),
+                                        "--listen", full, "--admin", sidecar_admin, "--redis-url",
+                                        self.redis.url, "--log-level", "warning"])
+        wait_http(f"http://{sidecar_admin}/readyz", proc=child.proc)
+        self.sidecar_pid["C"] = child.proc.pid
+        self._gateway("C", full)
+
+    def _gateway(self, name: str, sidecar: str) -> None:
+        ports = EnvoyPorts(ext_proc=free_port(), ext_authz=free_port(), admin=free_port(),
+                           pool_a=self.pool_a, pool_b=self.pool_b)
+        self._envoy(f"gateway-{name}", render([sidecar], ports, access_log_path="/dev/null",
+                                              trace_sampling_percent=0), ports.admin)
+        self.urls[name] = f"http://127.0.0.1:{ports.ext_proc}"
+        self.urls[f"{name}-authz"] = f"http://127.0.0.1:{ports.ext_authz}"
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        self.issuer_thread.stop()
+        self.redis.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="3 s runs, 2 rounds")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results" / dt.date.today().isoformat())
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.rounds = 3, 2
+    if not shutil.which("wrk"):
+        print("wrk is not installed: `make bench` installs it (Debian package wrk)", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="extproc-bench-"))
+    bench = Bench(workdir)
+    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    try:
+        bench.start()
+        workloads = {"GET /v1/models": ("/v1/models", None), "POST /v1/chat/completions": (
+            "/v1/chat/completions", CHAT_BODY)}
+        configs = ["A", "B", "C", "B-authz", "C-authz"]
+        for name, (path, body) in workloads.items():  # warm-up: caches, connections, JWKS
+            for cfg in configs:
+                run_wrk(bench.urls[cfg] + path, bench.token, body, 1, 4, workdir)
+        for rnd in range(args.rounds):
+            for name, (path, body) in workloads.items():
+                for cfg in configs:
+                    pid = bench.sidecar_pid.get(cfg[0])
+                    cpu0 = _cpu_seconds(pid) if pid else 0.0
+                    r = run_wrk(bench.urls[cfg] + path, bench.token, body, args.seconds, args.connections,
+                                workdir)
+                    if pid:
+                        r["sidecar_cpu_us_per_request"] = (_cpu_seconds(pid) - cpu0) / max(r["requests"], 1) * 1e6
+                        r["sidecar_rss_mb"] = _rss_mb(pid)
+                    results.setdefault(name, {}).setdefault(cfg, []).append(r)
+                    print(f"round {rnd + 1} {name:<28} {cfg:<8} {r['rps']:>9.0f} req/s  "
+                          f"p50 {r.get('p50_ms', 0):.2f} ms  p99 {r.get('p99_ms', 0):.2f} ms  "
+                          f"non-2xx {r['non_2xx']}", flush=True)
+    finally:
+        bench.stop()
+    report = summarize(results, args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gateway.json").write_text(json.dumps(report, indent=2))
+    (args.out / "gateway.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+def summarize(results: dict[str, dict[str, list[dict[str, float]]]], args: argparse.Namespace) -> dict:
+    def med(runs: list[dict[str, float]], key: str) -> float:
+        values = [r[key] for r in runs if key in r]
+        return round(statistics.median(values), 3) if values else float("nan")
+
+    table = {}
+    for workload, by_cfg in results.items():
+        rows = {cfg: {k: med(runs, k) for k in ("rps", "p50_ms", "p90_ms", "p99_ms", "non_2xx",
+                                                "sidecar_cpu_us_per_request", "sidecar_rss_mb")}
+                for cfg, runs in by_cfg.items()}
+        ratios = {}
+        for adapter, b, c in (("ext_proc", "B", "C"), ("ext_authz", "B-authz", "C-authz")):
+            ratios[adapter] = {
+                "throughput_C_over_B": round(rows[c]["rps"] / rows[b]["rps"], 3),
+                "throughput_C_over_A": round(rows[c]["rps"] / rows["A"]["rps"], 3),
+                "p99_C_over_B": round(rows[c]["p99_ms"] / rows[b]["p99_ms"], 3),
+                "cpu_per_request_C_over_B": round(rows[c]["sidecar_cpu_us_per_request"]
+                                                  / rows[b]["sidecar_cpu_us_per_request"], 3),
+            }
+        table[workload] = {"configs": rows, "ratios": ratios}
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(),
+                    "envoy": subprocess.run([envoy_binary(), "--version"], capture_output=True,
+                                            text=True).stdout.strip().split("/")[1]},
+        "method": {"tool": "wrk -t1 (closed loop)", "connections": args.connections,
+                   "seconds_per_run": args.seconds, "rounds": args.rounds,
+                   "upstream": "Envoy direct_response", "envoy_concurrency": 1, "sidecar_workers": 1},
+        "workloads": table,
+    }
+
+
+def markdown(report: dict) -> str:
+    m = report["method"]
+    lines = [f"# Gateway benchmark, {report['date']}", "",
+             f"Machine: {report['machine']['cpus']} CPUs, {report['machine']['platform']}, Python "
+             f"{report['machine']['python']}, Envoy {report['machine']['envoy']}. Load: {m['tool']}, "
+             f"{m['connections']} connections, {m['seconds_per_run']} s per run, {m['rounds']} interleaved "
+             f"rounds (medians). Upstream: {m['upstream']}; Envoy --concurrency 1; one sidecar worker.", "",
+             "A = plain Envoy; B = Envoy + do-nothing sidecar; C = Envoy + full sidecar "
+             "(cached JWT, classification, Redis quota, routing).", ""]
+    for workload, data in report["workloads"].items():
+        lines += [f"## {workload}", "", "| config | req/s | p50 ms | p90 ms | p99 ms | non-2xx | sidecar CPU µs/req | sidecar RSS MB |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for cfg, r in data["configs"].items():
+            lines.append(f"| {cfg} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | "
+                         f"{r['non_2xx']:.0f} | {r['sidecar_cpu_us_per_request']:.0f} | {r['sidecar_rss_mb']:.0f} |")
+        lines += ["", "| adapter | throughput C/B | throughput C/A | p99 C/B | CPU/request C/B |", "|---|---|---|---|---|"]
+        for adapter, ra in data["ratios"].items():
+            lines.append(f"| {adapter} | {ra['throughput_C_over_B']} | {ra['throughput_C_over_A']} | "
+                         f"{ra['p99_C_over_B']} | {ra['cpu_per_request_C_over_B']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
