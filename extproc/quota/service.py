@@ -101,6 +101,8 @@ class QuotaService:
         admission = ticket.admission
         if admission.degraded in ("open", "closed"):
             return
+        if actual_tokens is None and not any(lm.kind == "concurrency" for lm in ticket.plan.limits):
+            return  # no lease to release and nothing to true up: no round trip
         try:
             if admission.degraded == "local":
                 await self.local.settle(ticket.plan, lease_id, admission, actual_tokens)
