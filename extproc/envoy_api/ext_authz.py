@@ -9,12 +9,11 @@ from __future__ import annotations
 from envoy.service.auth.v3 import external_auth_pb2 as pb
 from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
-from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
 from extproc.domain.decision import Decision
 from extproc.domain.facts import RequestFacts
-from extproc.envoy_api.headers import facts_from_pairs, header_option, removals
+from extproc.envoy_api.headers import facts_from_pairs, header_option, removals, string_struct
 
 CheckRequest = pb.CheckRequest
 CheckResponse = pb.CheckResponse
@@ -41,8 +40,7 @@ def request_facts(req: pb.CheckRequest, listener: str) -> tuple[RequestFacts, by
 
 
 def response(decision: Decision, facts: RequestFacts) -> pb.CheckResponse:
-    meta = struct_pb2.Struct()
-    meta.update(decision.metadata())
+    meta = string_struct(decision.metadata())
     if not decision.allowed:
         return pb.CheckResponse(
             status=status_pb2.Status(code=_PERMISSION_DENIED, message=decision.reason.value),

@@ -10,7 +10,7 @@ from google.protobuf import struct_pb2
 
 from extproc.domain.decision import Decision
 from extproc.domain.facts import RequestFacts
-from extproc.envoy_api.headers import facts_from_pairs, header_option, header_value, removals
+from extproc.envoy_api.headers import facts_from_pairs, header_option, header_value, removals, string_struct
 
 ProcessingRequest = pb.ProcessingRequest
 ProcessingResponse = pb.ProcessingResponse
@@ -77,9 +77,8 @@ def _allow_common(decision: Decision, facts: RequestFacts) -> pb.CommonResponse:
 
 
 def _metadata(decision: Decision) -> struct_pb2.Struct:
-    meta = struct_pb2.Struct()
-    meta.update({METADATA_NAMESPACE: decision.metadata()})
-    return meta
+    inner = string_struct(decision.metadata())
+    return struct_pb2.Struct(fields={METADATA_NAMESPACE: struct_pb2.Value(struct_value=inner)})
 
 
 def decided(decision: Decision, facts: RequestFacts, phase: str) -> pb.ProcessingResponse:
