@@ -148,7 +148,8 @@ class Pipeline:
                 f"no route for class={cls.workload.value} model={cls.model or '-'}", cls, identity,
             )
         # 6. Quota: every applicable limit in ONE Redis call; nothing is consumed on a refusal.
-        ticket = await self._quota.admit(snapshot.quotas, identity, cls, entry.id, body, decision_id)
+        ticket = await self._quota.admit(snapshot.quotas, identity, cls, entry.id, body, decision_id,
+                                         leases=facts.sees_request_end)
         timer.lap("quota")
         if ticket is None:
             return allow(decision_id, cls, identity, entry.pool, entry.id)

@@ -28,6 +28,8 @@ class RequestFacts:
     stripped: tuple[str, ...] = ()
     #: The adapter can replace the request body (ext_proc yes, ext_authz no).
     can_rewrite_body: bool = False
+    #: The adapter sees the request end, so it can release a concurrency lease (ext_proc).
+    sees_request_end: bool = False
 
 
 @dataclass(frozen=True, slots=True)

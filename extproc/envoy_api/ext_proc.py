@@ -40,7 +40,7 @@ _READ_BODY_MODE = _ProcessingMode(
 def request_facts(headers: pb.HttpHeaders, listener: str) -> RequestFacts:
     return facts_from_pairs(
         ((h.key, header_value(h)) for h in headers.headers.headers), headers.end_of_stream, listener,
-        can_rewrite_body=True,
+        full_duplex=True,
     )
 
 

@@ -23,8 +23,9 @@ def header_value(h: base_pb2.HeaderValue) -> str:
 
 
 def facts_from_pairs(
-    pairs: Iterable[tuple[str, str]], end_of_stream: bool, listener: str, can_rewrite_body: bool = False
+    pairs: Iterable[tuple[str, str]], end_of_stream: bool, listener: str, full_duplex: bool = False
 ) -> RequestFacts:
+    """``full_duplex``: ext_proc, which can rewrite bodies and sees the request end."""
     """Split pseudo-headers off, drop client-supplied internal headers, build the facts."""
     headers: dict[str, str] = {}
     stripped: list[str] = []
@@ -59,7 +60,8 @@ def facts_from_pairs(
         end_of_stream=end_of_stream,
         listener=listener,
         stripped=tuple(stripped),
-        can_rewrite_body=can_rewrite_body,
+        can_rewrite_body=full_duplex,
+        sees_request_end=full_duplex,
     )
 
 

@@ -32,6 +32,10 @@ class CircuitBreaker:
         self._probing = True  # exactly one probe at a time
         return True
 
+    def release(self) -> None:
+        """The call ended with neither verdict (cancelled): let the next probe through."""
+        self._probing = False
+
     def success(self) -> None:
         self._failures = 0
         self._opened_at = None

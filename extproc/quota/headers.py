@@ -62,7 +62,8 @@ def denial(admission: Admission) -> tuple[Reason, str, list[tuple[str, str]], di
         message = (f"this request alone ({limit.cost} {limit.dimension}) exceeds the burst of "
                    f"policy {limit.policy.name!r}; it can never be admitted")
     elif limit.dimension == "budget":
-        message = (f"{limit.window}ly budget of policy {limit.policy.name!r} exhausted: "
+        period = {"day": "daily", "month": "monthly"}.get(limit.window, limit.window)
+        message = (f"{period} budget of policy {limit.policy.name!r} exhausted: "
                    f"{state.used} of {limit.limit} used; resets in {duration(state.reset_ms)}")
     elif limit.dimension == "concurrency":
         message = (f"{state.used} requests in flight; "

@@ -15,6 +15,15 @@ from datetime import UTC, datetime
 from extproc.quota.plan import Limit, QuotaPlan
 from extproc.quota.store import Admission, LimitState
 
+_EPS = 1e-6
+
+
+def _later(a: LimitState, b: LimitState) -> bool:
+    """``a`` admits again later than ``b`` (-1 means never)."""
+    ra = math.inf if a.retry_ms < 0 else a.retry_ms
+    rb = math.inf if b.retry_ms < 0 else b.retry_ms
+    return ra > rb
+
 
 def _period(kind: str, now_ms: int, offset_s: int) -> tuple[int, int]:
     local = datetime.fromtimestamp(now_ms / 1000 + offset_s, tz=UTC)
@@ -35,7 +44,7 @@ class LocalLimiter:
     def __init__(self, replicas: int = 1, clock: Callable[[], float] = time.time) -> None:
         self.replicas = max(1, replicas)
         self._clock = clock
-        self._tat: dict[str, float] = {}
+        self._debt: dict[str, tuple[float, int]] = {}
         self._budget: dict[str, tuple[int, int]] = {}
         self._leases: dict[str, dict[str, float]] = {}
 
@@ -44,21 +53,22 @@ class LocalLimiter:
 
     def _check(self, limit: Limit, now: int) -> tuple[LimitState, Callable[[], None] | None]:
         a, b, c, d = limit.args
-        if limit.kind == "gcra":
+        if limit.kind == "gcra":  # the same "debt" form as admit.lua
             period_ms, lim, burst, cost = int(a), self._share(int(b)), self._share(int(c)), int(d)
             t = period_ms / lim
             tolerance = burst * t
-            tat = max(self._tat.get(limit.key, now), now)
-            new_tat = tat + cost * t
-            used = math.ceil((tat - now) / t)
-            if new_tat - now <= tolerance:
+            debt, at = self._debt.get(limit.key, (0.0, now))
+            debt = max(0.0, debt - (now - at))
+            new_debt = debt + cost * t
+            used = math.ceil(debt / t - _EPS)
+            if new_debt <= tolerance + _EPS:
                 def apply() -> None:
-                    self._tat[limit.key] = new_tat
-                return LimitState(limit, True, int((tolerance - (new_tat - now)) // t), 0,
-                                  math.ceil(new_tat - now), used), apply
-            retry = -1 if cost > burst else math.ceil(new_tat - now - tolerance)
-            return LimitState(limit, False, max(0, int((tolerance - (tat - now)) // t)), retry,
-                              math.ceil(tat - now), used), None
+                    self._debt[limit.key] = (new_debt, now)
+                return LimitState(limit, True, math.floor((tolerance - new_debt) / t + _EPS), 0,
+                                  math.ceil(new_debt), used), apply
+            retry = -1 if cost > burst else math.ceil(new_debt - tolerance - _EPS)
+            return LimitState(limit, False, max(0, math.floor((tolerance - debt) / t + _EPS)), retry,
+                              math.ceil(debt), used), None
         if limit.kind == "budget":
             lim, cost = self._share(int(a)), int(b)
             pid, end = _period(c, now, int(d))
@@ -68,7 +78,8 @@ class LocalLimiter:
                 def apply_budget() -> None:
                     self._budget[limit.key] = (pid, used + cost)
                 return LimitState(limit, True, lim - used - cost, 0, end - now, used), apply_budget
-            return LimitState(limit, False, max(0, lim - used), end - now, end - now, used), None
+            retry = -1 if cost > lim else end - now
+            return LimitState(limit, False, max(0, lim - used), retry, end - now, used), None
         lim = self._share(int(a))
         leases = {k: v for k, v in self._leases.get(limit.key, {}).items() if v > now}
         self._leases[limit.key] = leases
@@ -85,7 +96,7 @@ class LocalLimiter:
             states.append(state)
             if state.allowed:
                 applies.append((limit, apply))
-            elif limit.policy.enforce and blocking is None:
+            elif limit.policy.enforce and (blocking is None or _later(state, blocking)):
                 blocking = state
         if blocking is None:
             for limit, apply in applies:

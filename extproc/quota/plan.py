@@ -111,15 +111,16 @@ def _rate(policy: QuotaPolicy, dim: str, tag: str, rate: Rate, cost: int) -> Lim
                  rate.limit, f"{rate.window_s}s", cost)
 
 
-def _budget(policy: QuotaPolicy, tag: str, budget: Budget, cost: int) -> Limit:
-    offset = utc_offset_seconds(budget.timezone)
+def _budget(policy: QuotaPolicy, tag: str, budget: Budget, cost: int, now: datetime | None) -> Limit:
+    offset = utc_offset_seconds(budget.timezone, now)
     return Limit(policy, "budget", f"xq:{{{tag}}}:b:{policy.name}", "budget",
                  (str(budget.limit), str(cost), budget.period, str(offset)),
                  budget.limit, budget.period, cost)
 
 
 def plan(settings: QuotaSettings, identity: Identity, cls: Classification, route: str | None,
-         body: Mapping[str, Any] | None) -> QuotaPlan:
+         body: Mapping[str, Any] | None, now: datetime | None = None) -> QuotaPlan:
+    """``now`` (tests): the instant whose time-zone offsets the budgets use; default the present."""
     tag = tenant_tag(identity.tenant)
     estimate = estimate_tokens(body, settings.default_max_tokens)
     limits: list[Limit] = []
@@ -132,7 +133,7 @@ def plan(settings: QuotaSettings, identity: Identity, cls: Classification, route
             limits.append(_rate(p, "tokens", tag, p.tokens, estimate))
         if p.budget:
             cost = estimate if p.budget.unit is Unit.TOKENS else p.budget.default_cost
-            limits.append(_budget(p, tag, p.budget, cost))
+            limits.append(_budget(p, tag, p.budget, cost, now))
         if p.concurrency:
             limits.append(Limit(p, "concurrency", f"xq:{{{tag}}}:c:{p.name}", "concurrency",
                                 (str(p.concurrency), str(p.lease_ttl_ms), "", ""),

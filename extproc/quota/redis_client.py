@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
@@ -32,7 +32,10 @@ def client_from_url(url: str, timeout_s: float) -> Any:
                               "health_check_interval": 0, "retry_on_timeout": False}
     parts = urlsplit(url)
     if parts.scheme in ("redis", "rediss", "unix"):
-        return Redis.from_url(url, max_connections=256, **common)
+        # Blocking pool: past max_connections a call waits (bounded by the call's own
+        # timeout) instead of failing at once and counting against the breaker.
+        pool = BlockingConnectionPool.from_url(url, max_connections=512, timeout=timeout_s * 4, **common)
+        return Redis(connection_pool=pool)
     if parts.scheme == "redis+sentinel":
         password, hosts = _hosts(parts.netloc)
         path = [p for p in parts.path.split("/") if p]

@@ -25,7 +25,10 @@ log = logging.getLogger("extproc.quota")
 
 ADMIT_LUA = resources.files("extproc.quota").joinpath("lua/admit.lua").read_text()
 SETTLE_LUA = resources.files("extproc.quota").joinpath("lua/settle.lua").read_text()
-SETTLED_MARKER_TTL_MS = 24 * 3600 * 1000
+#: The settled marker only has to outlive a duplicate settle of the same request.
+SETTLED_MARKER_TTL_MS = 15 * 60 * 1000
+#: Slack on the admission deadline: a late reply is still useful for this long.
+_DEADLINE_MARGIN_MS = 250
 
 _ERRORS = (redis_errors.RedisError, OSError, TimeoutError, asyncio.TimeoutError)
 
@@ -39,6 +42,7 @@ class RedisQuotaStore:
         self._admit = client.register_script(ADMIT_LUA)
         self._settle = client.register_script(SETTLE_LUA)
         self._now = "" if now_ms is None else str(now_ms)  # tests pin the clock; else Redis TIME
+        self._skew_ms: float | None = None
 
     async def start(self) -> None:
         """Connect ahead of traffic. A Redis Cluster client must learn its slots before
@@ -66,17 +70,36 @@ class RedisQuotaStore:
                 BREAKER_OPEN.set(1 if self.breaker.state != "closed" else 0)
                 REDIS_ERRORS.labels(op, type(exc).__name__).inc()
                 raise StoreUnavailable(f"redis {op}: {type(exc).__name__}: {exc}") from exc
+            except BaseException:
+                self.breaker.release()  # cancelled mid-call: never leave a probe hanging
+                raise
         self.breaker.success()
         BREAKER_OPEN.set(0)
         REDIS_SECONDS.labels(op).observe(time.perf_counter() - started)
         return result
 
     async def admit(self, plan: QuotaPlan, lease_id: str) -> Admission:
-        args = [self._now, lease_id]
+        args = [self._now, lease_id, self._deadline()]
         for limit in plan.limits:
             args += [limit.kind, "1" if limit.policy.enforce else "0", *limit.args]
         reply = await self._call("admit", self._admit, [lm.key for lm in plan.limits], args)
+        self._learn_clock(int(reply[1]))
         return states_from_reply(plan, reply)
+
+    def _deadline(self) -> str:
+        """When this call stops being worth running, in Redis's clock ('' until known).
+
+        The sidecar's clock may be skewed from Redis's: the offset is learnt from every
+        reply (Redis ``now`` minus local time; one round trip of error, well inside the
+        margin), so the deadline is right whatever the skew.
+        """
+        if self._skew_ms is None or self._now:
+            return ""
+        return str(int(time.time() * 1000 + self._skew_ms + self.timeout_s * 1000 + _DEADLINE_MARGIN_MS))
+
+    def _learn_clock(self, redis_now_ms: int) -> None:
+        skew = redis_now_ms - time.time() * 1000
+        self._skew_ms = skew if self._skew_ms is None else 0.8 * self._skew_ms + 0.2 * skew
 
     async def settle(self, plan: QuotaPlan, lease_id: str, admission: Admission,
                      actual_tokens: int | None) -> bool:

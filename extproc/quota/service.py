@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -34,16 +35,23 @@ class QuotaService:
     def __init__(self, store: QuotaStore | None, local: LocalLimiter | None = None) -> None:
         self.store = store
         self.local = local or LocalLimiter()
+        self._orphans: set[asyncio.Future[None]] = set()
 
     async def admit(self, settings: QuotaSettings, identity: Identity, cls: Classification,
-                    route: str | None, body: Mapping[str, Any] | None, lease_id: str) -> QuotaTicket | None:
+                    route: str | None, body: Mapping[str, Any] | None, lease_id: str,
+                    leases: bool = True) -> QuotaTicket | None:
+        """``leases=False`` for adapters that never see the request end (ext_authz): a lease
+        nobody can release would hold a slot for its whole TTL, so concurrency caps are skipped."""
         quota_plan = plan(settings, identity, cls, route, body)
+        if not leases:
+            quota_plan = replace(quota_plan, limits=tuple(
+                lm for lm in quota_plan.limits if lm.kind != "concurrency"))
         if not quota_plan:
             return None
         try:
             if self.store is None:
                 raise StoreUnavailable("no quota store configured (--redis-url)")
-            admission = await self.store.admit(quota_plan, lease_id)
+            admission = await self._admit_in_store(self.store, quota_plan, lease_id)
         except StoreUnavailable as exc:
             admission = await self._degraded(settings, quota_plan, lease_id, str(exc))
         if admission.blocking is not None or not admission.admitted:
@@ -56,6 +64,26 @@ class QuotaService:
                 if not s.allowed:
                     QUOTA_DENIALS.labels(s.limit.policy.name, s.limit.dimension, "false").inc()
         return QuotaTicket(quota_plan, admission)
+
+    async def _admit_in_store(self, store: QuotaStore, quota_plan: QuotaPlan, lease_id: str) -> Admission:
+        if not any(lm.kind == "concurrency" for lm in quota_plan.limits):
+            return await store.admit(quota_plan, lease_id)
+        # A lease is taken: if the request is cancelled while the script runs, release it
+        # once the script answers, or it would hold a slot until its TTL.
+        task = asyncio.ensure_future(store.admit(quota_plan, lease_id))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(lambda t: self._release_orphan(t, quota_plan, lease_id))
+            raise
+
+    def _release_orphan(self, task: asyncio.Future[Admission], quota_plan: QuotaPlan, lease_id: str) -> None:
+        if task.cancelled() or task.exception() is not None or not task.result().admitted:
+            return
+        ticket = QuotaTicket(quota_plan, task.result())
+        orphan = asyncio.ensure_future(self.settle(ticket, lease_id))
+        self._orphans.add(orphan)
+        orphan.add_done_callback(self._orphans.discard)
 
     async def clamp(self, settings: QuotaSettings, identity: Identity, cls: Classification,
                     route: str | None, body: Mapping[str, Any] | None, lease_id: str,

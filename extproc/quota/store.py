@@ -43,6 +43,8 @@ class QuotaStore(Protocol):
 def states_from_reply(plan: QuotaPlan, reply: list[int]) -> Admission:
     """Decode the admission script's flat reply."""
     blocking_index, at_ms = int(reply[0]), int(reply[1])
+    if blocking_index < 0:
+        raise StoreUnavailable("admission reached Redis after its deadline; nothing consumed")
     states = []
     for i, limit in enumerate(plan.limits):
         allowed, remaining, retry, reset, used, period = (int(v) for v in reply[2 + i * 6: 8 + i * 6])

@@ -4,12 +4,16 @@
 -- KEYS[i]  the i-th limit's key
 -- ARGV[1]  now in ms, or '' to use Redis TIME (one clock for every sidecar replica)
 -- ARGV[2]  lease id (the decision id)
+-- ARGV[3]  deadline in Redis-clock ms, or '': a call that reaches Redis later (it was paused,
+--          the sidecar gave up and answered by its failure mode) must not consume anything
 -- then 6 values per limit: kind, enforce ('1'|'0'), a, b, c, d
 --   gcra         a=period_ms b=limit c=burst d=cost          (request and token rates)
 --   budget       a=limit b=cost c='day'|'month' d=utc_offset_s (calendar budgets)
 --   concurrency  a=limit b=lease_ttl_ms                       (in-flight requests)
 -- Returns {first_blocking_index (0 = admitted), now_ms,
 --          then per limit: allowed, remaining, retry_ms, reset_ms, used, period_id}
+--          first_blocking_index is -1 when the deadline had passed (nothing consumed).
+--          When several limits refuse, the one that admits again last is reported.
 --          (period_id: the budget period charged, 0 for other kinds; settlement needs it)
 
 local function now_ms()
@@ -57,12 +61,15 @@ end
 
 local now = now_ms()
 local lease = ARGV[2]
+if ARGV[3] ~= '' and now > tonumber(ARGV[3]) then return {-1, now} end
+local EPS = 1e-6   -- timestamps near 1.8e12 ms: float rounding must not cost a request
 local out = {0, now}
 local apply = {}
 local blocking = 0
 
+local worst_retry = -2
 for i = 1, #KEYS do
-  local base = 2 + (i - 1) * 6
+  local base = 3 + (i - 1) * 6
   local kind, enforce = ARGV[base + 1], ARGV[base + 2] == '1'
   local a, b, c, d = ARGV[base + 3], ARGV[base + 4], ARGV[base + 5], ARGV[base + 6]
   local key = KEYS[i]
@@ -70,22 +77,26 @@ for i = 1, #KEYS do
 
   if kind == 'gcra' then
     local period_ms, limit, burst, cost = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
+    -- GCRA kept as "debt" (theoretical arrival time minus now, in ms) and when it was
+    -- written: small numbers keep their fractions exactly through Redis's string
+    -- conversion, where an absolute TAT near 1.8e12 ms would lose them.
     local t = period_ms / limit          -- emission interval: one unit every t ms
     local tolerance = burst * t
-    local tat = tonumber(redis.call('GET', key)) or now
-    if tat < now then tat = now end
-    local new_tat = tat + cost * t
-    used = math.ceil((tat - now) / t)
-    if new_tat - now <= tolerance then
+    local st = redis.call('HMGET', key, 'd', 't')
+    local debt = (tonumber(st[1]) or 0) - (now - (tonumber(st[2]) or now))
+    if debt < 0 then debt = 0 end
+    local new_debt = debt + cost * t
+    used = math.ceil(debt / t - EPS)
+    if new_debt <= tolerance + EPS then
       allowed = 1
-      remaining = math.floor((tolerance - (new_tat - now)) / t)
-      reset = math.ceil(new_tat - now)
-      apply[i] = {'gcra', new_tat}
+      remaining = math.floor((tolerance - new_debt) / t + EPS)
+      reset = math.ceil(new_debt)
+      apply[i] = {'gcra', new_debt}
     else
-      remaining = math.max(0, math.floor((tolerance - (tat - now)) / t))
-      retry = math.ceil(new_tat - now - tolerance)
+      remaining = math.max(0, math.floor((tolerance - debt) / t + EPS))
+      retry = math.ceil(new_debt - tolerance - EPS)
       if cost > burst then retry = -1 end   -- can never fit: larger than the burst
-      reset = math.ceil(tat - now)
+      reset = math.ceil(debt)
     end
   elseif kind == 'budget' then
     local limit, cost = tonumber(a), tonumber(b)
@@ -101,6 +112,7 @@ for i = 1, #KEYS do
     else
       remaining = math.max(0, limit - used)
       retry = reset
+      if cost > limit then retry = -1 end   -- larger than the whole budget: never fits
     end
   elseif kind == 'concurrency' then
     local limit, ttl = tonumber(a), tonumber(b)
@@ -117,7 +129,11 @@ for i = 1, #KEYS do
     return redis.error_reply('unknown limit kind ' .. tostring(kind))
   end
 
-  if allowed == 0 and enforce and blocking == 0 then blocking = i end
+  if allowed == 0 and enforce then
+    -- Report the limit that admits again last (-1: never) so retry-after is true.
+    local r = retry < 0 and math.huge or retry
+    if blocking == 0 or r > worst_retry then blocking = i; worst_retry = r end
+  end
   out[#out + 1] = allowed
   out[#out + 1] = remaining
   out[#out + 1] = retry
@@ -132,7 +148,8 @@ if blocking == 0 then
     if p then
       local key = KEYS[i]
       if p[1] == 'gcra' then
-        redis.call('SET', key, p[2], 'PX', math.ceil(p[2] - now) + 1000)
+        redis.call('HSET', key, 'd', p[2], 't', now)
+        redis.call('PEXPIRE', key, math.ceil(p[2]) + 1000)
       elseif p[1] == 'budget' then
         redis.call('HSET', key, 'p', p[2], 'u', p[3])
         redis.call('PEXPIRE', key, math.ceil(p[4] - now) + 86400000)

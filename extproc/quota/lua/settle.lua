@@ -27,12 +27,12 @@ for i = 2, #KEYS do
   local key = KEYS[i]
   if kind == 'gcra' then
     local delta = tonumber(c)
-    if delta ~= 0 then
-      local tat = tonumber(redis.call('GET', key))
-      if tat then
-        local new_tat = math.max(now, tat + delta * tonumber(a) / tonumber(b))
-        redis.call('SET', key, new_tat, 'PX', math.ceil(new_tat - now) + 1000)
-      end
+    local st = redis.call('HMGET', key, 'd', 't')
+    if delta ~= 0 and st[1] then
+      local debt = math.max(0, tonumber(st[1]) - (now - tonumber(st[2])))
+      debt = math.max(0, debt + delta * tonumber(a) / tonumber(b))
+      redis.call('HSET', key, 'd', debt, 't', now)
+      redis.call('PEXPIRE', key, math.ceil(debt) + 1000)
     end
   elseif kind == 'budget' then
     local delta = tonumber(a)
