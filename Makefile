@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint typecheck bench-identity clean
+.PHONY: setup run test lint typecheck bench bench-quick bench-identity clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ typecheck: setup
 
 test: setup lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: setup
+	@scripts/ensure-system-deps.sh perf
+	$(BIN)/python perf/bench_gateway.py
+
+bench-quick: setup
+	@scripts/ensure-system-deps.sh perf
+	$(BIN)/python perf/bench_gateway.py --quick
 
 bench-identity: setup
 	$(BIN)/python perf/bench_identity.py

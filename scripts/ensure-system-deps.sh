@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# System packages the demo and the tests need: redis-server (Debian package).
+# System packages the demo and the tests need: redis-server (Debian package; it brings
+# redis-cli). With the argument `perf`, also the load generators wrk and h2load.
 # Installs them when missing and running as root; otherwise says what to install.
 set -euo pipefail
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+if [ "${1:-}" = "perf" ]; then
+  command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+  command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
