@@ -26,7 +26,7 @@ run: setup
 	$(BIN)/extproc demo
 
 lint: setup
-	$(BIN)/ruff check extproc tests
+	$(BIN)/ruff check extproc tests perf
 
 typecheck: setup
 	$(BIN)/mypy extproc

@@ -26,7 +26,6 @@ import string
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,7 +183,7 @@ def main() -> int:
         workloads = {"GET /v1/models": ("/v1/models", None), "POST /v1/chat/completions": (
             "/v1/chat/completions", CHAT_BODY)}
         configs = ["A", "B", "C", "B-authz", "C-authz"]
-        for name, (path, body) in workloads.items():  # warm-up: caches, connections, JWKS
+        for path, body in workloads.values():  # warm-up: caches, connections, JWKS
             for cfg in configs:
                 run_wrk(bench.urls[cfg] + path, bench.token, body, 1, 4, workdir)
         for rnd in range(args.rounds):
@@ -211,6 +210,12 @@ def main() -> int:
     return 0
 
 
+def _envoy_version() -> str:
+    out = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"/(\d+\.\d+\.\d+)/", out)
+    return m.group(1) if m else "unknown"
+
+
 def summarize(results: dict[str, dict[str, list[dict[str, float]]]], args: argparse.Namespace) -> dict:
     def med(runs: list[dict[str, float]], key: str) -> float:
         values = [r[key] for r in runs if key in r]
@@ -235,8 +240,7 @@ def summarize(results: dict[str, dict[str, list[dict[str, float]]]], args: argpa
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(),
-                    "envoy": subprocess.run([envoy_binary(), "--version"], capture_output=True,
-                                            text=True).stdout.strip().split("/")[1]},
+                    "envoy": _envoy_version()},
         "method": {"tool": "wrk -t1 (closed loop)", "connections": args.connections,
                    "seconds_per_run": args.seconds, "rounds": args.rounds,
                    "upstream": "Envoy direct_response", "envoy_concurrency": 1, "sidecar_workers": 1},

@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from extproc.identity.authenticator import JwtAuthenticator  # noqa: E402
-from extproc.identity.spec import IssuerSpec  # noqa: E402
-from tests.jwt_factory import AUDIENCE, ISSUER, TestKey, claims, token  # noqa: E402
+from extproc.identity.authenticator import JwtAuthenticator
+from extproc.identity.spec import IssuerSpec
+from tests.jwt_factory import AUDIENCE, ISSUER, TestKey, claims, token
 
 CASES = [("RS256", "rsa"), ("PS256", "rsa"), ("ES256", "ec256"), ("EdDSA", "ed25519")]
 
