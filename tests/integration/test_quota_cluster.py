@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import time
-from collections.abc import Iterator
 
-import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from extproc.domain.classify import Classification, WorkloadClass
@@ -17,42 +12,13 @@ from extproc.quota.plan import plan
 from extproc.quota.redis_client import client_from_url
 from extproc.quota.redis_store import RedisQuotaStore
 from extproc.quota.spec import Budget, QuotaPolicy, QuotaSettings, Rate
-from tests.redis_server import RedisServer
-from tests.support import free_port
 
 CHAT = Classification(WorkloadClass.INFERENCE, "gpt-4o", "r")
 BODY = {"model": "gpt-4o", "messages": "hello", "max_tokens": 10}
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    base = tmp_path_factory.mktemp("cluster")
-    servers = []
-    for i in range(3):
-        port = free_port()
-        while port + 10000 > 65535:
-            port = free_port()
-        servers.append(RedisServer(base / f"n{i}", port, "--cluster-enabled", "yes",
-                                   "--cluster-config-file", f"nodes-{port}.conf",
-                                   "--cluster-node-timeout", "2000").start())
-    try:
-        cli = shutil.which("redis-cli")
-        assert cli, "redis-cli (Debian redis-tools) is needed for the cluster test"
-        subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{s.port}" for s in servers],
-                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True,
-                       timeout=60)
-        deadline = time.monotonic() + 20
-        while b"cluster_state:ok" not in subprocess.run(
-                [cli, "-p", str(servers[0].port), "cluster", "info"], capture_output=True).stdout:
-            assert time.monotonic() < deadline, "cluster did not converge"
-            time.sleep(0.2)
-        yield "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in servers)
-    finally:
-        for s in servers:
-            s.stop()
-
-
-async def test_admission_is_exact_and_settles_on_a_cluster(cluster: str) -> None:
+async def test_admission_is_exact_and_settles_on_a_cluster(redis_cluster_url: str) -> None:
+    cluster = redis_cluster_url
     store = RedisQuotaStore(client_from_url(cluster, 2.0), 2.0)
     assert isinstance(store.client, RedisCluster)
     await store.start()

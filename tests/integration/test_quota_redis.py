@@ -7,6 +7,7 @@ import multiprocessing
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
 from redis.asyncio import Redis
@@ -24,6 +25,25 @@ from extproc.quota.store import StoreUnavailable
 from tests.redis_server import RedisServer
 
 ACME = Identity(tenant="acme", plan="pro", verified=True)
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_server(request: pytest.FixtureRequest, tmp_path):  # type: ignore[no-untyped-def]
+    """The same suite on one redis-server and on a three-node Redis Cluster."""
+    if request.param == "single":
+        server = RedisServer(tmp_path / "redis").start()
+        yield server
+        server.stop()
+        return
+    url = request.getfixturevalue("redis_cluster_url")
+
+    async def flush() -> None:
+        client = client_from_url(url, 2.0)
+        await client.flushall()
+        await client.aclose()
+
+    asyncio.run(flush())
+    yield SimpleNamespace(url=url)
 CHAT = Classification(WorkloadClass.INFERENCE, "gpt-4o", "openai-chat")
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 100}
 
@@ -56,7 +76,7 @@ async def test_rate_limit_admits_exactly_the_burst_and_denials_consume_nothing(r
     estimate = plan(s, ACME, CHAT, "r1", BODY).estimate_tokens
     budget_state = next(st for st in results[4].states if st.limit.dimension == "budget")
     assert budget_state.used == 4 * estimate  # the denied requests reserved nothing
-    redis = Redis.from_url(redis_server.url)
+    redis = client_from_url(redis_server.url, 2.0)
     assert int((await redis.hget("xq:{acme}:b:budget", "u")).decode()) == 5 * estimate
     await redis.aclose()
     await store.client.aclose()
@@ -65,6 +85,7 @@ async def test_rate_limit_admits_exactly_the_burst_and_denials_consume_nothing(r
 def _worker(url: str, n: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     async def run() -> int:
         store = RedisQuotaStore(client_from_url(url, 2.0), 2.0)
+        await store.start()  # a cluster client learns its slots before the burst
         s = settings(QuotaPolicy("rpm", requests=Rate(50, 60_000, 50)),
                      QuotaPolicy("tokens", budget=Budget(10**9, "day")))
         results = await asyncio.gather(*(store.admit(plan(s, ACME, CHAT, "r1", BODY), f"{i}") for i in range(n)))
@@ -86,7 +107,7 @@ def test_exactly_the_limit_across_processes(redis_server) -> None:
     assert admitted == 50  # 400 concurrent attempts from 4 processes, limit 50
 
     async def budget_used() -> int:
-        redis = Redis.from_url(redis_server.url)
+        redis = client_from_url(redis_server.url, 2.0)
         used = int((await redis.hget("xq:{acme}:b:tokens", "u")).decode())
         await redis.aclose()
         return used
@@ -142,7 +163,7 @@ async def test_lua_and_local_limiter_agree_on_calendar_periods(redis_server) -> 
             _, end = _period(period, ms(when), offset)
             assert state.reset_ms == end - ms(when), (when, period, offset)
             await store.client.aclose()
-            redis = Redis.from_url(redis_server.url)
+            redis = client_from_url(redis_server.url, 2.0)
             await redis.flushall()
             await redis.aclose()
 
@@ -169,7 +190,7 @@ async def test_settlement_trues_up_tokens(redis_server) -> None:
     p = plan(s, ACME, CHAT, "r1", BODY)
     adm = await store.admit(p, "d1")
     assert await store.settle(p, "d1", adm, actual_tokens=30)
-    redis = Redis.from_url(redis_server.url)
+    redis = client_from_url(redis_server.url, 2.0)
     assert int((await redis.hget("xq:{acme}:b:day", "u")).decode()) == 30
     await redis.aclose()
     after = await store.admit(p, "d2")
@@ -182,7 +203,7 @@ async def test_script_flush_and_restart_reload_scripts_without_errors(redis_serv
     s = settings(QuotaPolicy("rpm", requests=Rate(1000, 60_000, 1000)))
     store = await store_for(redis_server)
     assert (await admit(store, s, "1")).admitted
-    redis = Redis.from_url(redis_server.url)
+    redis = client_from_url(redis_server.url, 2.0)
     await redis.script_flush()
     await redis.aclose()
     assert (await admit(store, s, "2")).admitted  # NOSCRIPT → loaded again, no error
