@@ -11,7 +11,7 @@ from extproc.domain.classify import WorkloadClass
 from extproc.quota.spec import PERIODS_MS, Budget, FailureMode, QuotaPolicy, QuotaSettings, Rate, Unit
 
 _POLICY_FIELDS = {"name", "match", "requests", "tokens", "budget", "concurrency", "enforce",
-                  "on_store_failure", "clamp_max_tokens"}
+                  "on_store_failure", "clamp_max_tokens", "scope"}
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -102,6 +102,9 @@ def parse_quotas(r: Reader, value: Any, route_ids: set[str]) -> QuotaSettings:
                         "open, closed, local")
         enforce = r.typed(p.get("enforce"), f"{where}.enforce", bool, True)
         clamp = r.typed(p.get("clamp_max_tokens"), f"{where}.clamp_max_tokens", bool, False)
+        scope = p.get("scope", "tenant")
+        if scope not in ("tenant", "global"):
+            r.error(f"{where}.scope", f"{scope!r} is not one of: tenant, global")
         if len(r.errors) > before:
             continue
         policies.append(QuotaPolicy(
@@ -109,5 +112,6 @@ def parse_quotas(r: Reader, value: Any, route_ids: set[str]) -> QuotaSettings:
             model=strings["model"], route=strings["route"], requests=requests, tokens=tokens,
             budget=budget, concurrency=concurrency, lease_ttl_ms=(lease_ttl or 600) * 1000,
             enforce=enforce, on_store_failure=mode or FailureMode.CLOSED, clamp_max_tokens=clamp,
+            scope=str(scope),
         ))
     return QuotaSettings(tuple(policies), default_max, replicas)

@@ -13,16 +13,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from extproc.quota.plan import Limit, QuotaPlan
-from extproc.quota.store import Admission, LimitState
+from extproc.quota.store import Admission, LimitState, admits_later
 
 _EPS = 1e-6
-
-
-def _later(a: LimitState, b: LimitState) -> bool:
-    """``a`` admits again later than ``b`` (-1 means never)."""
-    ra = math.inf if a.retry_ms < 0 else a.retry_ms
-    rb = math.inf if b.retry_ms < 0 else b.retry_ms
-    return ra > rb
 
 
 def _period(kind: str, now_ms: int, offset_s: int) -> tuple[int, int]:
@@ -96,7 +89,7 @@ class LocalLimiter:
             states.append(state)
             if state.allowed:
                 applies.append((limit, apply))
-            elif limit.policy.enforce and (blocking is None or _later(state, blocking)):
+            elif limit.policy.enforce and (blocking is None or admits_later(state, blocking)):
                 blocking = state
         if blocking is None:
             for limit, apply in applies:

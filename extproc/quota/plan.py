@@ -32,6 +32,7 @@ class Limit:
     limit: int
     window: str  # for headers and messages: "60s", "day", "month", "in-flight"
     cost: int
+    tag: str  # the hash tag of its key: the tenant's, or "global:POLICY" for a global policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,25 +109,26 @@ def utc_offset_seconds(timezone: str, now: datetime | None = None) -> int:
 def _rate(policy: QuotaPolicy, dim: str, tag: str, rate: Rate, cost: int) -> Limit:
     return Limit(policy, dim, f"xq:{{{tag}}}:{dim[0]}:{policy.name}", "gcra",
                  (str(rate.period_ms), str(rate.limit), str(rate.burst), str(cost)),
-                 rate.limit, f"{rate.window_s}s", cost)
+                 rate.limit, f"{rate.window_s}s", cost, tag)
 
 
 def _budget(policy: QuotaPolicy, tag: str, budget: Budget, cost: int, now: datetime | None) -> Limit:
     offset = utc_offset_seconds(budget.timezone, now)
     return Limit(policy, "budget", f"xq:{{{tag}}}:b:{policy.name}", "budget",
                  (str(budget.limit), str(cost), budget.period, str(offset)),
-                 budget.limit, budget.period, cost)
+                 budget.limit, budget.period, cost, tag)
 
 
 def plan(settings: QuotaSettings, identity: Identity, cls: Classification, route: str | None,
          body: Mapping[str, Any] | None, now: datetime | None = None) -> QuotaPlan:
     """``now`` (tests): the instant whose time-zone offsets the budgets use; default the present."""
-    tag = tenant_tag(identity.tenant)
+    own_tag = tenant_tag(identity.tenant)
     estimate = estimate_tokens(body, settings.default_max_tokens)
     limits: list[Limit] = []
     for p in settings.policies:
         if not applies(p, identity, cls, route):
             continue
+        tag = own_tag if p.scope == "tenant" else f"global:{p.name}"
         if p.requests:
             limits.append(_rate(p, "requests", tag, p.requests, 1))
         if p.tokens:
@@ -137,5 +139,5 @@ def plan(settings: QuotaSettings, identity: Identity, cls: Classification, route
         if p.concurrency:
             limits.append(Limit(p, "concurrency", f"xq:{{{tag}}}:c:{p.name}", "concurrency",
                                 (str(p.concurrency), str(p.lease_ttl_ms), "", ""),
-                                p.concurrency, "in-flight", 1))
-    return QuotaPlan(tag, tuple(limits), estimate)
+                                p.concurrency, "in-flight", 1, tag))
+    return QuotaPlan(own_tag, tuple(limits), estimate)

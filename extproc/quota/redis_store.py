@@ -15,9 +15,9 @@ from typing import Any
 from redis import exceptions as redis_errors
 
 from extproc.quota.breaker import CircuitBreaker
-from extproc.quota.plan import QuotaPlan
+from extproc.quota.plan import Limit, QuotaPlan
 from extproc.quota.spec import Unit
-from extproc.quota.store import Admission, StoreUnavailable, states_from_reply
+from extproc.quota.store import Admission, LimitState, StoreUnavailable, admits_later, states_from_reply
 from extproc.telemetry import tracing
 from extproc.telemetry.metrics import BREAKER_OPEN, REDIS_ERRORS, REDIS_SECONDS
 
@@ -79,12 +79,45 @@ class RedisQuotaStore:
         return result
 
     async def admit(self, plan: QuotaPlan, lease_id: str) -> Admission:
+        """One script per hash tag: the tenant's limits, and each global policy's. Usually
+        one; with global limits they run concurrently, and if one group refuses while
+        another admitted, the admitted group is refunded, so a refusal consumes nothing."""
+        groups = _groups(plan.limits)
+        if len(groups) == 1:
+            return await self._admit_limits(plan.limits, lease_id)
+        parts = await asyncio.gather(*(self._admit_limits(g, lease_id) for g in groups))
+        by_limit = {id(st.limit): st for part in parts for st in part.states}
+        states = tuple(by_limit[id(lm)] for lm in plan.limits)
+        blocking = None
+        for part in parts:
+            if part.blocking is not None and (blocking is None or admits_later(part.blocking, blocking)):
+                blocking = part.blocking
+        if blocking is not None:
+            admitted = [(g, part) for g, part in zip(groups, parts, strict=True) if part.admitted]
+            await asyncio.gather(*(self._refund(g, part, lease_id) for g, part in admitted))
+        return Admission(blocking is None, states, blocking, max(p.at_ms for p in parts))
+
+    async def _admit_limits(self, limits: tuple[Limit, ...], lease_id: str) -> Admission:
         args = [self._now, lease_id, self._deadline()]
-        for limit in plan.limits:
+        for limit in limits:
             args += [limit.kind, "1" if limit.policy.enforce else "0", *limit.args]
-        reply = await self._call("admit", self._admit, [lm.key for lm in plan.limits], args)
+        reply = await self._call("admit", self._admit, [lm.key for lm in limits], args)
         self._learn_clock(int(reply[1]))
-        return states_from_reply(plan, reply)
+        return states_from_reply(limits, reply)
+
+    async def _refund(self, limits: tuple[Limit, ...], admission: Admission, lease_id: str) -> None:
+        """Undo an admission of these limits (another group refused the request)."""
+        keys = [f"xq:{{{limits[0].tag}}}:r:{lease_id}"]
+        args = [self._now, lease_id, str(SETTLED_MARKER_TTL_MS)]
+        for limit, state in zip(limits, admission.states, strict=True):
+            keys.append(limit.key)
+            if limit.kind == "gcra":
+                args += [limit.kind, limit.args[0], limit.args[1], str(-limit.cost)]
+            elif limit.kind == "budget":
+                args += [limit.kind, str(-limit.cost), str(state.period), ""]
+            else:
+                args += [limit.kind, "", "", ""]
+        await self._call("settle", self._settle, keys, args)
 
     def _deadline(self) -> str:
         """When this call stops being worth running, in Redis's clock ('' until known).
@@ -105,18 +138,33 @@ class RedisQuotaStore:
                      actual_tokens: int | None) -> bool:
         """Release the lease; true up token rates and token budgets when usage is known."""
         delta = 0 if actual_tokens is None else actual_tokens - plan.estimate_tokens
-        keys = [f"xq:{{{plan.tenant_tag}}}:s:{lease_id}"]
+        states = {id(st.limit): st for st in admission.states}
+        results = await asyncio.gather(*(self._settle_limits(g, states, lease_id, delta)
+                                         for g in _groups(plan.limits)))
+        return all(results)
+
+    async def _settle_limits(self, limits: tuple[Limit, ...], states: dict[int, LimitState], lease_id: str,
+                             delta: int) -> bool:
+        keys = [f"xq:{{{limits[0].tag}}}:s:{lease_id}"]
         args = [self._now, lease_id, str(SETTLED_MARKER_TTL_MS)]
-        for limit, state in zip(plan.limits, admission.states, strict=True):
+        for limit in limits:
             if limit.kind == "gcra":
                 cost_delta = delta if limit.dimension == "tokens" else 0
                 extra = [limit.args[0], limit.args[1], str(cost_delta)]
             elif limit.kind == "budget":
                 budget = limit.policy.budget
                 cost_delta = delta if budget is not None and budget.unit is Unit.TOKENS else 0
-                extra = [str(cost_delta), str(state.period), ""]
+                extra = [str(cost_delta), str(states[id(limit)].period), ""]
             else:
                 extra = ["", "", ""]
             keys.append(limit.key)
             args += [limit.kind, *extra]
         return bool(await self._call("settle", self._settle, keys, args))
+
+
+def _groups(limits: tuple[Limit, ...]) -> list[tuple[Limit, ...]]:
+    """Limits by hash tag, in plan order: each group runs as one script on one slot."""
+    by_tag: dict[str, list[Limit]] = {}
+    for limit in limits:
+        by_tag.setdefault(limit.tag, []).append(limit)
+    return [tuple(g) for g in by_tag.values()]

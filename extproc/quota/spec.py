@@ -60,6 +60,9 @@ class QuotaPolicy:
     concurrency: int | None = None
     lease_ttl_ms: int = 600_000
     enforce: bool = True
+    #: "tenant": every tenant has its own counters. "global": one set shared by every
+    #: request the policy matches (e.g. a model's total capacity).
+    scope: str = "tenant"
     on_store_failure: FailureMode = FailureMode.CLOSED
     clamp_max_tokens: bool = False
 

@@ -40,13 +40,20 @@ class QuotaStore(Protocol):
                      actual_tokens: int | None) -> bool: ...
 
 
-def states_from_reply(plan: QuotaPlan, reply: list[int]) -> Admission:
-    """Decode the admission script's flat reply."""
+def admits_later(a: LimitState, b: LimitState) -> bool:
+    """``a`` admits again later than ``b`` (a retry of -1 means never)."""
+    ra = float("inf") if a.retry_ms < 0 else a.retry_ms
+    rb = float("inf") if b.retry_ms < 0 else b.retry_ms
+    return ra > rb
+
+
+def states_from_reply(limits: tuple[Limit, ...], reply: list[int]) -> Admission:
+    """Decode the admission script's flat reply for these limits."""
     blocking_index, at_ms = int(reply[0]), int(reply[1])
     if blocking_index < 0:
         raise StoreUnavailable("admission reached Redis after its deadline; nothing consumed")
     states = []
-    for i, limit in enumerate(plan.limits):
+    for i, limit in enumerate(limits):
         allowed, remaining, retry, reset, used, period = (int(v) for v in reply[2 + i * 6: 8 + i * 6])
         states.append(LimitState(limit, bool(allowed), remaining, retry, reset, used, period))
     blocking = states[blocking_index - 1] if blocking_index else None

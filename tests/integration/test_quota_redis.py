@@ -354,3 +354,27 @@ def test_breaker_probe_is_released_when_cancelled() -> None:
     assert not breaker.allow()  # only one at a time
     breaker.release()  # the probe was cancelled (client went away)
     assert breaker.allow()  # the next caller may probe
+
+
+async def test_global_limits_are_shared_and_refusals_consume_nothing_anywhere(redis_server) -> None:
+    """A model's total capacity (global) next to per-tenant budgets: a second script per
+    request; when either side refuses, the side that admitted is refunded."""
+    s = settings(QuotaPolicy("gpt4o-capacity", model="gpt-4o", scope="global", requests=Rate(5, 60_000, 5)),
+                 QuotaPolicy("tenant-day", budget=Budget(10**6, "day")))
+    store = await store_for(redis_server, now_ms=ms(datetime(2026, 5, 1, 12, tzinfo=UTC)))
+    tenants = [Identity(tenant=f"t{i}", plan="pro") for i in range(3)]
+    results = []
+    for i in range(9):
+        ident = tenants[i % 3]
+        results.append((ident.tenant, await store.admit(plan(s, ident, CHAT, "r1", BODY), f"g{i}")))
+    assert sum(a.admitted for _, a in results) == 5  # shared by all tenants
+    refused = [a for _, a in results if not a.admitted]
+    assert all(a.blocking is not None and a.blocking.limit.policy.name == "gpt4o-capacity" for a in refused)
+    estimate = plan(s, ACME, CHAT, "r1", BODY).estimate_tokens
+    raw = client_from_url(redis_server.url, 2.0)
+    for tenant in ("t0", "t1", "t2"):
+        admitted = sum(a.admitted for t, a in results if t == tenant)
+        used = await raw.hget(f"xq:{{{tenant}}}:b:tenant-day", "u")
+        assert int(used or 0) == admitted * estimate, tenant  # refunded when the global side refused
+    await raw.aclose()
+    await store.client.aclose()
