@@ -165,7 +165,9 @@ def start_stack(tmp: Path, sidecar_uds: bool = False, config_text: str | None = 
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
                "OTEL_BSP_SCHEDULE_DELAY": "100"} if otlp_port else {}
         sc = Child("sidecar", sidecar_command(config_path, [sidecar], admin, "--drain-seconds", "1",
-                                              "--redis-url", stack.redis.url, *sidecar_args), tmp, env)
+                                              "--redis-url", stack.redis.url,
+                                              # generous for a loaded 2-core CI box; prod default 50
+                                              "--redis-timeout-ms", "250", *sidecar_args), tmp, env)
         stack.children.append(sc)
         wait_http(f"http://{admin}/readyz", proc=sc.proc)
         envoy_yaml = tmp / "envoy.yaml"

@@ -378,3 +378,13 @@ async def test_global_limits_are_shared_and_refusals_consume_nothing_anywhere(re
         assert int(used or 0) == admitted * estimate, tenant  # refunded when the global side refused
     await raw.aclose()
     await store.client.aclose()
+
+
+async def test_shadow_policies_decide_and_count_but_never_block(redis_server) -> None:
+    shadow = QuotaPolicy("shadow-rpm", requests=Rate(2, 60_000, 2), enforce=False)
+    service = QuotaService(await store_for(redis_server, now_ms=ms(datetime(2026, 5, 1, 12, tzinfo=UTC))))
+    tickets = [await service.admit(settings(shadow), ACME, CHAT, "r1", BODY, f"s{i}") for i in range(4)]
+    assert all(t is not None and t.admission.admitted for t in tickets)
+    verdicts = [t.admission.states[0].allowed for t in tickets if t]
+    assert verdicts == [True, True, False, False]  # what enforcing would have done, recorded
+    await service.store.client.aclose()  # type: ignore[union-attr]
