@@ -34,6 +34,19 @@ def sidecar_endpoints(addresses: Sequence[str]) -> str:
     return json.dumps(items)
 
 
+def pool_clusters(pools: dict[str, tuple[str, int]]) -> str:
+    """Upstream pool clusters, one flow-style list item per line (indented for ``clusters:``)."""
+    lines = []
+    for name, (host, port) in pools.items():
+        cluster = {
+            "name": name, "type": "STRICT_DNS", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}]},
+        }
+        lines.append(f"  - {json.dumps(cluster)}")
+    return "\n".join(lines)
+
+
 def render(
     sidecars: Sequence[str],
     ports: EnvoyPorts | None = None,
@@ -45,15 +58,17 @@ def render(
     listen_address: str = "127.0.0.1",
     otlp: tuple[str, int] = ("127.0.0.1", 4317),
     trace_sampling_percent: float = 100.0,
+    pools: dict[str, tuple[str, int]] | None = None,
 ) -> str:
+    """The gateway bootstrap. ``pools`` default to the demo's pool-a and pool-b on loopback."""
     p = asdict(ports or EnvoyPorts())
     values: dict[str, object] = {
         "LISTEN_ADDRESS": listen_address,
         "EXT_PROC_PORT": p["ext_proc"],
         "EXT_AUTHZ_PORT": p["ext_authz"],
         "ADMIN_PORT": p["admin"],
-        "POOL_A_PORT": p["pool_a"],
-        "POOL_B_PORT": p["pool_b"],
+        "POOL_CLUSTERS": pool_clusters(pools or {"pool-a": ("127.0.0.1", p["pool_a"]),
+                                                 "pool-b": ("127.0.0.1", p["pool_b"])}),
         "SIDECAR_ENDPOINTS": sidecar_endpoints(sidecars),
         "BUFFER_LIMIT_BYTES": buffer_limit_bytes,
         "MESSAGE_TIMEOUT": message_timeout,
