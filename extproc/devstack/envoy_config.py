@@ -66,6 +66,7 @@ def render(
         "LISTEN_ADDRESS": listen_address,
         "EXT_PROC_PORT": p["ext_proc"],
         "EXT_AUTHZ_PORT": p["ext_authz"],
+        "ADMIN_ADDRESS": "127.0.0.1",
         "ADMIN_PORT": p["admin"],
         "POOL_CLUSTERS": pool_clusters(pools or {"pool-a": ("127.0.0.1", p["pool_a"]),
                                                  "pool-b": ("127.0.0.1", p["pool_b"])}),

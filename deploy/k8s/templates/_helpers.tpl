@@ -1,0 +1,60 @@
+{{- define "extproc.name" -}}{{ .Chart.Name }}{{- end -}}
+
+{{- define "extproc.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}{{ .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else -}}{{ printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" }}{{- end -}}
+{{- end -}}
+
+{{- define "extproc.labels" -}}
+app.kubernetes.io/name: {{ include "extproc.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "extproc.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "extproc.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Where Envoy reaches sidecar worker i, as the sidecar's --listen address. */}}
+{{- define "extproc.sidecarListen" -}}
+{{- if eq .Values.sidecar.transport "tcp" -}}127.0.0.1:{{ .Values.sidecar.grpcPort }}
+{{- else -}}unix:/run/extproc/ext.sock{{- end -}}
+{{- end -}}
+
+{{/* The Envoy bootstrap: envoy/gateway.yaml (copied to files/) with its placeholders filled. */}}
+{{- define "extproc.envoyConfig" -}}
+{{- $v := .Values -}}
+{{- $endpoints := list -}}
+{{- range $i := until (int $v.sidecar.workers) -}}
+{{- if eq $v.sidecar.transport "tcp" -}}
+{{- $endpoints = append $endpoints (dict "endpoint" (dict "address" (dict "socket_address" (dict "address" "127.0.0.1" "port_value" (add $v.sidecar.grpcPort $i))))) -}}
+{{- else -}}
+{{- $path := ternary "/run/extproc/ext.sock" (printf "/run/extproc/ext-%d.sock" $i) (eq (int $v.sidecar.workers) 1) -}}
+{{- $endpoints = append $endpoints (dict "endpoint" (dict "address" (dict "pipe" (dict "path" $path)))) -}}
+{{- end -}}
+{{- end -}}
+{{- $pools := list -}}
+{{- range $p := $v.pools -}}
+{{- $cluster := dict "name" $p.name "type" "STRICT_DNS" "connect_timeout" "1s" "load_assignment" (dict "cluster_name" $p.name "endpoints" (list (dict "lb_endpoints" (list (dict "endpoint" (dict "address" (dict "socket_address" (dict "address" $p.host "port_value" (int $p.port))))))))) -}}
+{{- $pools = append $pools (printf "  - %s" (toJson $cluster)) -}}
+{{- end -}}
+{{- $cfg := .Files.Get "files/gateway.yaml" -}}
+{{- $cfg = replace "${LISTEN_ADDRESS}" "0.0.0.0" $cfg -}}
+{{- $cfg = replace "${EXT_PROC_PORT}" (toString $v.envoy.port) $cfg -}}
+{{- $cfg = replace "${EXT_AUTHZ_PORT}" (toString $v.envoy.authzPort) $cfg -}}
+{{- $cfg = replace "${ADMIN_ADDRESS}" "0.0.0.0" $cfg -}}
+{{- $cfg = replace "${ADMIN_PORT}" (toString $v.envoy.adminPort) $cfg -}}
+{{- $cfg = replace "${BUFFER_LIMIT_BYTES}" (toString (int $v.envoy.bufferLimitBytes)) $cfg -}}
+{{- $cfg = replace "${MESSAGE_TIMEOUT}" $v.envoy.messageTimeout $cfg -}}
+{{- $cfg = replace "${ROUTE_TIMEOUT}" $v.envoy.routeTimeout $cfg -}}
+{{- $cfg = replace "${ACCESS_LOG_PATH}" "/dev/stdout" $cfg -}}
+{{- $cfg = replace "${OTLP_HOST}" $v.otel.host $cfg -}}
+{{- $cfg = replace "${OTLP_PORT}" (toString (int $v.otel.port)) $cfg -}}
+{{- $cfg = replace "${TRACE_SAMPLING_PERCENT}" (toString (ternary $v.envoy.traceSamplingPercent 0 (ne $v.otel.endpoint ""))) $cfg -}}
+{{- $cfg = replace "${SIDECAR_ENDPOINTS}" (toJson $endpoints) $cfg -}}
+{{- $cfg = replace "${POOL_CLUSTERS}" (join "\n" $pools) $cfg -}}
+{{- $cfg -}}
+{{- end -}}
