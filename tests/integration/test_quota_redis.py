@@ -56,8 +56,12 @@ def ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
 
 
-async def store_for(server: RedisServer, now_ms: int | None = None, timeout: float = 0.2) -> RedisQuotaStore:
-    return RedisQuotaStore(client_from_url(server.url, timeout), timeout, CircuitBreaker(3, 0.5), now_ms)
+async def store_for(server: RedisServer, now_ms: int | None = None, timeout: float = 2.0) -> RedisQuotaStore:
+    """A store for functional tests: a timeout generous for a loaded CI box (outage tests make
+    their own with short ones); connected first, as the sidecar does at start."""
+    store = RedisQuotaStore(client_from_url(server.url, timeout), timeout, CircuitBreaker(3, 0.5), now_ms)
+    await store.start()
+    return store
 
 
 async def admit(store: RedisQuotaStore, s: QuotaSettings, lease: str, ident: Identity = ACME, body=BODY):
