@@ -171,8 +171,6 @@ def worker_command(settings: Settings, index: int) -> list[str]:
     for address in ws.listen:
         cmd += ["--listen", address]
     cmd += ["--admin", ws.admin] if ws.admin else ["--no-admin"]
-    if ws.redis_url:
-        cmd += ["--redis-url", ws.redis_url]
     return cmd
 
 
@@ -193,6 +191,8 @@ def run_supervisor(settings: Settings) -> int:
     # Workers share one metrics directory, so any worker's /metrics covers all of them.
     metrics_dir = tempfile.mkdtemp(prefix="extproc-metrics-")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    if settings.redis_url:  # by environment, not argv: the URL may hold a password (ps, /proc)
+        env["EXTPROC_REDIS_URL"] = settings.redis_url
     for i in range(settings.workers):
         children[i] = subprocess.Popen(worker_command(settings, i), env=env)
     log.info("supervising workers", extra={"workers": settings.workers})

@@ -149,7 +149,7 @@ class Bench:
 
     def _gateway(self, name: str, sidecar: str) -> None:
         ports = EnvoyPorts(ext_proc=free_port(), ext_authz=free_port(), admin=free_port(),
-                           pool_a=self.pool_a, pool_b=self.pool_b)
+                           pool_a=self.pool_a, pool_b=self.pool_b, ops=free_port())
         self._envoy(f"gateway-{name}", render([sidecar], ports, access_log_path="/dev/null",
                                               trace_sampling_percent=0), ports.admin)
         self.urls[name] = f"http://127.0.0.1:{ports.ext_proc}"

@@ -42,14 +42,14 @@ class DemoPorts:
         e = self.envoy
         return DemoPorts(
             EnvoyPorts(e.ext_proc + offset, e.ext_authz + offset, e.admin + offset,
-                       e.pool_a + offset, e.pool_b + offset),
+                       e.pool_a + offset, e.pool_b + offset, e.ops + offset),
             self.sidecar + offset, self.sidecar_admin + offset, self.issuer + offset,
             self.redis + offset,
         )
 
     def all(self, workers: int = 1) -> list[int]:
         e = self.envoy
-        return [e.ext_proc, e.ext_authz, e.admin, e.pool_a, e.pool_b, self.issuer, self.redis,
+        return [e.ext_proc, e.ext_authz, e.admin, e.ops, e.pool_a, e.pool_b, self.issuer, self.redis,
                 *range(self.sidecar, self.sidecar + workers),
                 *range(self.sidecar_admin, self.sidecar_admin + workers)]
 

@@ -19,6 +19,7 @@ class EnvoyPorts:
     admin: int = 9901
     pool_a: int = 9501
     pool_b: int = 9502
+    ops: int = 9902
 
 
 def sidecar_endpoints(addresses: Sequence[str]) -> str:
@@ -66,8 +67,8 @@ def render(
         "LISTEN_ADDRESS": listen_address,
         "EXT_PROC_PORT": p["ext_proc"],
         "EXT_AUTHZ_PORT": p["ext_authz"],
-        "ADMIN_ADDRESS": "127.0.0.1",
         "ADMIN_PORT": p["admin"],
+        "OPS_PORT": p["ops"],
         "POOL_CLUSTERS": pool_clusters(pools or {"pool-a": ("127.0.0.1", p["pool_a"]),
                                                  "pool-b": ("127.0.0.1", p["pool_b"])}),
         "SIDECAR_ENDPOINTS": sidecar_endpoints(sidecars),

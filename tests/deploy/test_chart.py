@@ -4,6 +4,7 @@ validated by Envoy, the policy inside it by the sidecar's own loader."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,8 +103,12 @@ def test_envoy_config_in_the_chart_passes_envoy_validate(variant: str, tmp_path:
     else:
         expected = "/run/extproc/ext.sock" if workers == 1 else "/run/extproc/ext-0.sock"
         assert endpoints[0]["endpoint"]["address"]["pipe"]["path"] == expected
-    pools = {c["name"] for c in config["static_resources"]["clusters"]} - {"extproc", "otel_collector"}
+    pools = {c["name"] for c in config["static_resources"]["clusters"]} - {"extproc", "otel_collector", "envoy_admin"}
     assert pools == {"pool-a", "pool-b"}
+    # The admin (which can stop Envoy) stays on loopback; probes and scrapers use "ops".
+    assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    ops = next(li for li in config["static_resources"]["listeners"] if li["name"] == "ops")
+    assert ops["address"]["socket_address"]["port_value"] == 9902
 
 
 def test_policy_in_the_chart_loads_in_the_sidecar() -> None:
@@ -126,10 +131,14 @@ def test_pod_shape_security_and_shutdown_order() -> None:
         assert {"readinessProbe", "livenessProbe", "startupProbe", "resources"} <= set(c)
         assert any(m["mountPath"] == "/run/extproc" for m in c["volumeMounts"])  # the shared sockets
     envoy_stop = containers["envoy"]["lifecycle"]["preStop"]["sleep"]["seconds"]
-    sidecar_stop = containers["sidecar"]["lifecycle"]["preStop"]["sleep"]["seconds"]
+    hook = containers["sidecar"]["lifecycle"]["preStop"]["exec"]["command"][-1]
+    assert "drain_listeners?graceful" in hook  # the sidecar starts Envoy's graceful drain
+    sleeps = [int(x) for x in re.findall(r"time\.sleep\((\d+)\)", hook)]
+    sidecar_stop = sum(sleeps)
     drain = int(next(a for a in containers["sidecar"]["args"] if a.startswith("--drain-seconds=")).split("=")[1])
     assert sidecar_stop > envoy_stop  # Envoy stops taking traffic before the sidecar drains
     assert pod["terminationGracePeriodSeconds"] > sidecar_stop + drain
+    assert "--drain-time-s" in containers["envoy"]["args"]
     env = {e["name"]: e for e in containers["sidecar"]["env"]}
     assert env["EXTPROC_REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"] == "url"
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -142,6 +151,10 @@ def test_bad_values_are_refused() -> None:
         chart.validate_schema({"sidecar": {"transport": "pigeon"}})
     with pytest.raises(helm_python.HelmError):
         chart.validate_schema({"redis": {"url": "http://not-redis"}})
+    with pytest.raises(helm_python.HelmError, match="terminationGracePeriodSeconds must be at least"):
+        render({"terminationGracePeriodSeconds": 20})
+    with pytest.raises(helm_python.HelmError):
+        chart.validate_schema({"envoy": {"authzPort": 0}})
     with pytest.raises(helm_python.HelmError, match="not in pools"):
         render({"policy": {"routing": {"pools": ["pool-z"], "routes": [{"pool": "pool-z"}]}}})
 
@@ -160,3 +173,11 @@ def test_dockerfile_lints_and_its_build_step_works(tmp_path: Path) -> None:
                             "--wheel-dir", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
     assert list(tmp_path.glob("extproc-*.whl"))
+
+
+def test_metrics_are_on_their_own_headless_service() -> None:
+    services = {d["metadata"]["name"]: d for d in by_kind(render(), "Service")}
+    client, metrics = services["gw-extproc"], services["gw-extproc-metrics"]
+    assert {p["name"] for p in client["spec"]["ports"]} == {"http", "http-authz"}
+    assert metrics["spec"]["clusterIP"] == "None"
+    assert {p["name"] for p in metrics["spec"]["ports"]} == {"metrics", "envoy-ops"}

@@ -141,7 +141,7 @@ def start_stack(tmp: Path, sidecar_uds: bool = False, config_text: str | None = 
                 otlp_port: int | None = None, sidecar_args: tuple[str, ...] = ()) -> Stack:
     """The whole gateway. ``otlp_port``: a collector there receives Envoy's and the sidecar's spans."""
     ports = EnvoyPorts(ext_proc=free_port(), ext_authz=free_port(), admin=free_port(),
-                       pool_a=free_port(), pool_b=free_port())
+                       pool_a=free_port(), pool_b=free_port(), ops=free_port())
     issuer = f"http://127.0.0.1:{free_port()}"
     keys = KeyStore(tmp / "issuer-keys")
     keys.published()

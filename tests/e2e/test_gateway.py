@@ -7,6 +7,7 @@ import json
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -227,3 +228,16 @@ def test_sidecar_over_unix_socket_and_fail_closed_when_it_dies(fresh_dir: Path) 
         assert authz.status == 503 and "x-demo-pool" not in authz.headers
     finally:
         s.stop()
+
+
+def test_ops_listener_serves_ready_and_stats_but_not_the_admin(stack: Stack) -> None:
+    base = f"http://127.0.0.1:{stack.ports.ops}"
+    with urllib.request.urlopen(f"{base}/ready", timeout=5) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(f"{base}/stats/prometheus", timeout=5) as r:
+        assert b"envoy_cluster_membership_healthy" in r.read()
+    for path in ("/quitquitquit", "/config_dump", "/clusters"):
+        req = urllib.request.Request(f"{base}{path}", method="POST" if path == "/quitquitquit" else "GET")
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=5)
+        assert info.value.code == 404

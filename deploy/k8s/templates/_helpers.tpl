@@ -45,8 +45,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $cfg = replace "${LISTEN_ADDRESS}" "0.0.0.0" $cfg -}}
 {{- $cfg = replace "${EXT_PROC_PORT}" (toString $v.envoy.port) $cfg -}}
 {{- $cfg = replace "${EXT_AUTHZ_PORT}" (toString $v.envoy.authzPort) $cfg -}}
-{{- $cfg = replace "${ADMIN_ADDRESS}" "0.0.0.0" $cfg -}}
 {{- $cfg = replace "${ADMIN_PORT}" (toString $v.envoy.adminPort) $cfg -}}
+{{- $cfg = replace "${OPS_PORT}" (toString $v.envoy.opsPort) $cfg -}}
 {{- $cfg = replace "${BUFFER_LIMIT_BYTES}" (toString (int $v.envoy.bufferLimitBytes)) $cfg -}}
 {{- $cfg = replace "${MESSAGE_TIMEOUT}" $v.envoy.messageTimeout $cfg -}}
 {{- $cfg = replace "${ROUTE_TIMEOUT}" $v.envoy.routeTimeout $cfg -}}
