@@ -32,6 +32,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "monitoring": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
                    "grafanaDashboard": {"enabled": True},
                    "otel": {"endpoint": "http://otel-collector.observability:4317"}},
+    "issuer-keys-from-secret": {
+        "extraVolumes": [{"name": "idp-keys", "secret": {"secretName": "idp-jwks"}}],
+        "extraVolumeMounts": [{"name": "idp-keys", "mountPath": "/etc/extproc-keys", "readOnly": True}],
+        "extraEnv": [{"name": "SSL_CERT_FILE", "value": "/etc/extproc-keys/ca.crt"}],
+        "imagePullSecrets": [{"name": "regcred"}], "serviceAccountName": "gateway",
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                       "whenUnsatisfiable": "ScheduleAnyway",
+                                       "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "extproc"}}}],
+    },
     "no-autoscaling": {"autoscaling": {"enabled": False}, "replicaCount": 3,
                        "podDisruptionBudget": {"enabled": False}, "networkPolicy": {"enabled": False}},
 }
