@@ -37,6 +37,26 @@ _READ_BODY_MODE = _ProcessingMode(
 )
 
 
+# After the response headers, to read a JSON response body for its usage: the whole body
+# up to Envoy's buffer limit (a larger one arrives cut, and its usage stays estimated).
+_READ_RESPONSE_MODE = _ProcessingMode(
+    request_header_mode=_ProcessingMode.SEND,
+    request_body_mode=_ProcessingMode.NONE,
+    response_header_mode=_ProcessingMode.SEND,
+    response_body_mode=_ProcessingMode.BUFFERED_PARTIAL,
+    request_trailer_mode=_ProcessingMode.SKIP,
+    response_trailer_mode=_ProcessingMode.SKIP,
+)
+
+
+def response_is_json(headers: pb.HttpHeaders) -> bool:
+    """A successful, complete-JSON response (not SSE) whose body will follow."""
+    if headers.end_of_stream:
+        return False
+    values = {h.key: header_value(h) for h in headers.headers.headers if h.key in (":status", "content-type")}
+    return values.get(":status") == "200" and values.get("content-type", "").startswith("application/json")
+
+
 def request_facts(headers: pb.HttpHeaders, listener: str) -> RequestFacts:
     return facts_from_pairs(
         ((h.key, header_value(h)) for h in headers.headers.headers), headers.end_of_stream, listener,
@@ -116,12 +136,16 @@ def immediate(decision: Decision) -> pb.ProcessingResponse:
     )
 
 
-def response_headers(headers: list[tuple[str, str]]) -> pb.ProcessingResponse:
-    """Tag the upstream's response: decision id, remaining quota, degraded mode."""
+def response_headers(headers: list[tuple[str, str]], read_body: bool = False) -> pb.ProcessingResponse:
+    """Tag the upstream's response: decision id, remaining quota, degraded mode; with
+    ``read_body``, also ask for the (JSON) response body to read its usage."""
     common = pb.CommonResponse()
     if headers:
         common.header_mutation.set_headers.extend(header_option(k, v) for k, v in headers)
-    return pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
+    response = pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
+    if read_body:
+        response.mode_override.CopyFrom(_READ_RESPONSE_MODE)
+    return response
 
 
 def passthrough(kind: str) -> pb.ProcessingResponse:

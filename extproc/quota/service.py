@@ -13,7 +13,7 @@ from extproc.domain.classify import Classification
 from extproc.domain.identity import Identity
 from extproc.quota.local_store import LocalLimiter
 from extproc.quota.plan import QuotaPlan, completion_field, estimate_tokens, plan
-from extproc.quota.spec import FailureMode, QuotaSettings
+from extproc.quota.spec import FailureMode, QuotaSettings, Unit
 from extproc.quota.store import Admission, QuotaStore, StoreUnavailable
 from extproc.telemetry.metrics import DEGRADED, QUOTA_DENIALS
 
@@ -29,6 +29,13 @@ class QuotaTicket:
 
     plan: QuotaPlan
     admission: Admission
+
+    @property
+    def counts_tokens(self) -> bool:
+        """A token rate or token budget applies: real usage can true up the reservation."""
+        return any(lm.dimension == "tokens" or (lm.dimension == "budget" and lm.policy.budget is not None
+                                                 and lm.policy.budget.unit is Unit.TOKENS)
+                   for lm in self.plan.limits)
 
 
 class QuotaService:

@@ -9,6 +9,7 @@ import grpc
 
 from extproc.domain.decision import Decision
 from extproc.domain.facts import RequestFacts
+from extproc.domain.usage import usage_from_json
 from extproc.envoy_api import ext_proc as codec
 from extproc.pipeline import AwaitingBody, Pipeline
 from extproc.services.common import internal_error, listener_name
@@ -18,6 +19,8 @@ from extproc.telemetry.timing import PhaseTimer
 from extproc.telemetry.tracing import DecisionSpan
 
 _ADAPTER = "ext_proc"
+#: Response bodies at least this large are parsed in a worker thread, off the event loop.
+_PARSE_INLINE_BYTES = 256 << 10
 #: Stands in for the facts of a request whose headers could not be read.
 _UNREADABLE = RequestFacts(method="", path="", host="", headers={})
 
@@ -25,10 +28,12 @@ _UNREADABLE = RequestFacts(method="", path="", host="", headers={})
 class _Stream:
     """What outlives one ext_proc stream's loop: the decision to settle at its end."""
 
-    __slots__ = ("decision",)
+    __slots__ = ("actual_tokens", "decision")
 
     def __init__(self) -> None:
         self.decision: Decision | None = None
+        #: Tokens the response reported (JSON ``usage``); None keeps the admission estimate.
+        self.actual_tokens: int | None = None
 
 
 class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
@@ -53,7 +58,8 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
             # The HTTP request is over (completed, reset or aborted): settle its quota.
             # A task of its own, so a cancelled stream cannot cancel the settlement.
             if stream.decision is not None and stream.decision.quota is not None:
-                task = asyncio.get_running_loop().create_task(self._pipeline.settle(stream.decision))
+                task = asyncio.get_running_loop().create_task(
+                    self._pipeline.settle(stream.decision, stream.actual_tokens))
                 self._settling.add(task)
                 task.add_done_callback(self._settling.discard)
 
@@ -113,10 +119,20 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
                 # A local reply (e.g. Envoy's request timeout) may come while we still wait
                 # for the body: the id we already made names the request all the same.
                 if decision is not None:
-                    response = codec.response_headers(decision.client_headers())
+                    # Read a JSON response's usage when a token quota can be trued up with it.
+                    read = (decision.quota is not None and decision.quota.counts_tokens
+                            and codec.response_is_json(request.response_headers))
+                    response = codec.response_headers(decision.client_headers(), read_body=read)
                 else:
                     waiting = [("x-extproc-decision-id", pending.decision_id)] if pending else []
                     response = codec.response_headers(waiting)
+            elif kind == "response_body" and decision is not None:
+                body = request.response_body
+                if body.end_of_stream:  # complete: a cut body keeps the estimate
+                    usage = (usage_from_json(body.body) if len(body.body) < _PARSE_INLINE_BYTES
+                             else await asyncio.to_thread(usage_from_json, body.body))
+                    stream.actual_tokens = usage.total_tokens if usage else None
+                response = codec.passthrough(kind)
             else:
                 response = codec.passthrough(kind)
             await context.write(response)

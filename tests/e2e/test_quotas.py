@@ -43,8 +43,10 @@ def test_rate_limit_429_explains_itself(stack: Stack) -> None:
 
 def test_budget_exhaustion_is_distinguishable(stack: Stack) -> None:
     tok = stack.token(tenant="budget-tenant", plan="free")
-    big = stack.request("POST", "/v1/chat/completions", {"model": "gpt-4o", "messages": [], "max_tokens": 19_000},
-                        token=tok)
+    # A streamed response's usage is not read yet, so its 19,000-token reservation stands
+    # (a JSON response would be trued up to its real, tiny usage).
+    big = stack.request("POST", "/v1/chat/completions",
+                        {"model": "gpt-4o", "messages": [], "max_tokens": 19_000, "stream": True}, token=tok)
     assert big.status == 200
     more = stack.request("POST", "/v1/chat/completions", {"model": "gpt-4o", "messages": [], "max_tokens": 5_000},
                          token=tok)
@@ -165,18 +167,19 @@ def test_max_tokens_is_clamped_to_the_budget_left(fresh_dir) -> None:
     s = start_stack(fresh_dir, config_text=DEMO_CONFIG.read_text().split("\nquotas:")[0] + CLAMP_POLICY)
     try:
         tok = s.token(tenant="trial-co", plan="trial")
-        first = s.request("POST", "/v1/chat/completions",
-                          {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1500},
-                          token=tok)
+        first = s.request("POST", "/v1/chat/completions",  # streamed: the reservation stands
+                          {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1500,
+                           "stream": True}, token=tok)
         assert first.status == 200 and first.headers["x-demo-max-tokens"] == "1500"
         # About 490 tokens are left: 1500 does not fit, so the request goes out with less.
         second = s.request("POST", "/v1/chat/completions",
-                           {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1500},
+                           {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1500,
+                            "stream": True},
                            token=tok)
         assert second.status == 200, second.body
         clamped = int(second.headers["x-extproc-max-tokens-clamped"])
         assert 400 < clamped < 500 and second.headers["x-demo-max-tokens"] == str(clamped)
-        assert second.json()["model"] == "gpt-4o"  # the rest of the body arrived intact
+        assert b'"model": "gpt-4o"' in second.body  # the rest of the body arrived intact
         # ext_authz cannot rewrite a body: there the same request is refused.
         third = s.request("POST", "/v1/chat/completions",
                           {"model": "gpt-4o", "messages": [], "max_tokens": 1500}, token=tok,
@@ -239,3 +242,28 @@ def test_a_sidecar_killed_mid_stream_leaks_its_lease_only_until_the_ttl(fresh_di
             time.sleep(0.2)
     finally:
         s.stop()
+
+
+def test_json_responses_true_up_token_budgets_to_the_real_usage(stack: Stack) -> None:
+    """The reservation is the estimate (prompt + max_tokens); settlement charges what the
+    model reported in the response's usage."""
+    tok = stack.token(tenant="usage-co", plan="free")
+    resp = stack.request("POST", "/v1/chat/completions",
+                         {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000},
+                         token=tok)
+    assert resp.status == 200
+    real = resp.json()["usage"]["total_tokens"]
+    assert real < 100  # far below the 1000+ reserved
+    assert stack.redis is not None
+    r = Redis.from_url(stack.redis.url)
+    deadline = time.monotonic() + 5
+    try:
+        while int(r.hget("xq:{usage-co}:b:free", "u") or 0) != real:
+            assert time.monotonic() < deadline, r.hget("xq:{usage-co}:b:free", "u")
+            time.sleep(0.05)
+        # Streaming responses are not read yet: their reservation stands (flagged estimate).
+        sse = stack.request("POST", "/v1/chat/completions",
+                            {"model": "gpt-4o", "messages": [], "stream": True, "max_tokens": 500}, token=tok)
+        assert sse.status == 200 and sse.body.rstrip().endswith(b"[DONE]")
+    finally:
+        r.close()

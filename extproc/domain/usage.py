@@ -1,0 +1,61 @@
+"""Token usage as the model reported it, from a complete JSON response body (pure).
+
+OpenAI-compatible chat/completions and embeddings (``usage.prompt_tokens``,
+``completion_tokens``, ``total_tokens``, ``prompt_tokens_details.cached_tokens``,
+``completion_tokens_details.reasoning_tokens``), the Responses API (``usage.input_tokens``,
+``output_tokens``, ``input_tokens_details``, ``output_tokens_details``) and Anthropic Messages
+(``usage.input_tokens``, ``output_tokens``, ``cache_read_input_tokens``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _detail(usage: dict[str, Any], section: str, field: str) -> int:
+    details = usage.get(section)
+    return (_int(details.get(field)) or 0) if isinstance(details, dict) else 0
+
+
+def usage_from_json(body: bytes) -> Usage | None:
+    """The usage a response reports, or None when it reports none (or is not JSON)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    usage = doc.get("usage") if isinstance(doc, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    prompt = _int(usage.get("prompt_tokens"))
+    if prompt is not None:  # OpenAI chat/completions/embeddings
+        completion = _int(usage.get("completion_tokens"))
+        if completion is None:  # embeddings: only prompt (and total)
+            total = _int(usage.get("total_tokens"))
+            completion = max(0, total - prompt) if total is not None else 0
+        return Usage(prompt, completion, _detail(usage, "prompt_tokens_details", "cached_tokens"),
+                     _detail(usage, "completion_tokens_details", "reasoning_tokens"))
+    inp, out = _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
+    if inp is None or out is None:
+        return None
+    cached = _int(usage.get("cache_read_input_tokens"))  # Anthropic
+    if cached is None:
+        cached = _detail(usage, "input_tokens_details", "cached_tokens")  # Responses API
+    return Usage(inp, out, cached, _detail(usage, "output_tokens_details", "reasoning_tokens"))
