@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint typecheck bench bench-quick bench-identity clean
+.PHONY: setup run test lint typecheck bench bench-quick bench-workers bench-identity clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: setup
 bench-quick: setup
 	@scripts/ensure-system-deps.sh perf
 	$(BIN)/python perf/bench_gateway.py --quick
+
+bench-workers: setup
+	@scripts/ensure-system-deps.sh perf
+	$(BIN)/python perf/bench_workers.py
 
 bench-identity: setup
 	$(BIN)/python perf/bench_identity.py

@@ -1,0 +1,94 @@
+"""`--workers N` scaling and balance: the full sidecar with 1 and with N worker processes
+behind the same Envoy, side by side in one run; per-worker share from Envoy's per-endpoint
+stats (each worker is its own endpoint of the `extproc` cluster).
+
+    .venv/bin/python perf/bench_workers.py [--workers 2] [--seconds 8] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "perf"))
+
+from bench_gateway import BENCH_QUOTA, Bench, run_wrk  # noqa: E402
+
+from extproc.devstack.demo import DEMO_CONFIG  # noqa: E402
+from extproc.devstack.envoy_config import EnvoyPorts, render  # noqa: E402
+from extproc.devstack.keys import DEFAULT_ISSUER  # noqa: E402
+from tests.support import free_port, free_port_block, wait_http  # noqa: E402
+
+
+def per_endpoint_requests(admin: int) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/clusters", timeout=5) as r:
+        text = r.read().decode()
+    return {m.group(1): int(m.group(2))
+            for m in re.finditer(r"^extproc::([\d.:]+)::rq_total::(\d+)$", text, re.M)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="extproc-workers-"))
+    bench = Bench(workdir)
+    results: dict[str, list[float]] = {}
+    shares: list[dict[str, int]] = []
+    try:
+        admin = free_port()
+        from bench_gateway import _template  # the fake upstream only
+        bench._envoy("fake-upstream", _template("fake-upstream.yaml", ADMIN_PORT=admin,
+                                                 POOL_A_PORT=bench.pool_a, POOL_B_PORT=bench.pool_b), admin)
+        policy = workdir / "policy.yaml"
+        policy.write_text(DEMO_CONFIG.read_text().replace(DEFAULT_ISSUER, bench.issuer).split("\nquotas:")[0]
+                          + BENCH_QUOTA)
+        gateways = {}
+        for n in (1, args.workers):
+            base, admin_base = free_port_block(n), free_port_block(n)
+            child = bench._spawn(f"sidecar-{n}", [sys.executable, "-m", "extproc", "serve", "--config", str(policy),
+                                                  "--listen", f"127.0.0.1:{base}", "--admin", f"127.0.0.1:{admin_base}",
+                                                  "--workers", str(n), "--redis-url", bench.redis.url,
+                                                  "--log-level", "warning"])
+            for i in range(n):
+                wait_http(f"http://127.0.0.1:{admin_base + i}/readyz", proc=child.proc)
+            ports = EnvoyPorts(ext_proc=free_port(), ext_authz=free_port(), admin=free_port(),
+                               pool_a=bench.pool_a, pool_b=bench.pool_b, ops=free_port())
+            bench._envoy(f"gateway-{n}", render([f"127.0.0.1:{base + i}" for i in range(n)], ports,
+                                                access_log_path="/dev/null", trace_sampling_percent=0,
+                                                ), ports.admin)
+            gateways[n] = ports
+        for ports in gateways.values():  # warm-up
+            run_wrk(f"http://127.0.0.1:{ports.ext_proc}/v1/models", bench.token, None, 1, 4, workdir)
+        for _ in range(args.rounds):
+            for n, ports in gateways.items():
+                before = per_endpoint_requests(ports.admin)
+                r = run_wrk(f"http://127.0.0.1:{ports.ext_proc}/v1/models", bench.token, None, args.seconds,
+                            args.connections, workdir)
+                results.setdefault(f"{n} worker(s)", []).append(r["rps"])
+                if n > 1:
+                    after = per_endpoint_requests(ports.admin)
+                    shares.append({k: after[k] - before.get(k, 0) for k in after})
+                print(f"{n} worker(s): {r['rps']:.0f} req/s, p99 {r.get('p99_ms', 0):.1f} ms, non-2xx {r['non_2xx']}",
+                      flush=True)
+    finally:
+        bench.stop()
+    summary = {k: round(statistics.median(v)) for k, v in results.items()}
+    balance = [round(max(s.values()) / max(min(s.values()), 1), 3) for s in shares]
+    print(json.dumps({"rps_median": summary, "per_worker_requests": shares, "max_over_min": balance}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
