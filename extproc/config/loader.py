@@ -25,6 +25,9 @@ from extproc.routing.table import RouteEntry
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 MAX_BODY_BYTES_CEILING = 64 << 20
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+# A group containing + or * (or {n,}) that is itself quantified: the classic catastrophic
+# backtracking shape. Rules run on client-controlled paths, on the event loop.
+_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*(?:[+*]|\{\d*,\d*\})(?:[^()\\]|\\.)*\)(?:[+*]|\{\d*,)")
 _CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 _MODEL_SOURCES = {"body", "header", "path"}
@@ -162,6 +165,13 @@ def _rule(r: Reader, item: Any, where: str) -> RuleSpec | None:
             re.compile(regex)
         except re.error as exc:
             r.error(f"{where}.when.path_regex", f"invalid regex: {exc}")
+        else:
+            if _NESTED_QUANTIFIER.search(regex):
+                r.error(f"{where}.when.path_regex",
+                        "a repeated group that itself repeats (like (a+)+) can take exponential time "
+                        "on a hostile path; rewrite it without nesting")
+            if len(regex) > 512:
+                r.error(f"{where}.when.path_regex", "longer than 512 characters")
     hosts = r.strings(when.get("hosts"), f"{where}.when.hosts")
     headers = []
     for hname, hval in r.free_mapping(when.get("headers"), f"{where}.when.headers").items():
