@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint typecheck bench bench-quick bench-workers bench-identity clean
+.PHONY: setup run test lint typecheck bench bench-quick bench-workers bench-ttft bench-identity clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench-quick: setup
 bench-workers: setup
 	@scripts/ensure-system-deps.sh perf
 	$(BIN)/python perf/bench_workers.py
+
+bench-ttft: setup
+	$(BIN)/python perf/bench_ttft.py
 
 bench-identity: setup
 	$(BIN)/python perf/bench_identity.py

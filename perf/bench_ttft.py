@@ -1,0 +1,97 @@
+"""Time to first token for SSE responses: how much the full sidecar adds before the first
+event reaches the client. (A) plain Envoy and (C) Envoy + the full sidecar, both in front
+of the same demo pool streaming chat completions; sequential requests, interleaved.
+
+    .venv/bin/python perf/bench_ttft.py [--requests 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "perf"))
+
+from bench_gateway import BENCH_QUOTA, Bench, _template  # noqa: E402
+
+from extproc.devstack.demo import DEMO_CONFIG  # noqa: E402
+from extproc.devstack.envoy_config import EnvoyPorts, render  # noqa: E402
+from extproc.devstack.keys import DEFAULT_ISSUER  # noqa: E402
+from tests.e2e.stack import PoolsThread  # noqa: E402
+from tests.support import free_port, wait_http  # noqa: E402
+
+BODY = json.dumps({"model": "gpt-4o-mini", "stream": True,
+                   "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 16})
+
+
+def first_event_ms(port: int, token: str) -> float:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    started = time.perf_counter()
+    conn.request("POST", "/v1/chat/completions", body=BODY,
+                 headers={"content-type": "application/json", "authorization": f"Bearer {token}"})
+    resp = conn.getresponse()
+    line = resp.readline()
+    elapsed = (time.perf_counter() - started) * 1000
+    assert resp.status == 200 and line.startswith(b"data: "), (resp.status, line)
+    resp.read()
+    conn.close()
+    return elapsed
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))], 3)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=300)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="extproc-ttft-"))
+    bench = Bench(workdir)
+    pools = PoolsThread({"pool-a": bench.pool_a, "pool-b": bench.pool_b}, free_port(), bench.keys)
+    try:
+        plain_port, admin = free_port(), free_port()
+        bench._envoy("plain", _template("plain.yaml", ADMIN_PORT=admin, LISTEN_PORT=plain_port,
+                                        POOL_A_PORT=bench.pool_a), admin)
+        policy = workdir / "policy.yaml"
+        policy.write_text(DEMO_CONFIG.read_text().replace(DEFAULT_ISSUER, bench.issuer).split("\nquotas:")[0]
+                          + BENCH_QUOTA)
+        sidecar, sidecar_admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        child = bench._spawn("sidecar", [sys.executable, "-m", "extproc", "serve", "--config", str(policy),
+                                         "--listen", sidecar, "--admin", sidecar_admin, "--redis-url",
+                                         bench.redis.url, "--log-level", "warning"])
+        wait_http(f"http://{sidecar_admin}/readyz", proc=child.proc)
+        ports = EnvoyPorts(ext_proc=free_port(), ext_authz=free_port(), admin=free_port(),
+                           pool_a=bench.pool_a, pool_b=bench.pool_b, ops=free_port())
+        bench._envoy("gateway", render([sidecar], ports, access_log_path="/dev/null", trace_sampling_percent=0),
+                     ports.admin)
+        targets = {"A plain Envoy": plain_port, "C full sidecar": ports.ext_proc}
+        for port in targets.values():  # warm-up
+            for _ in range(20):
+                first_event_ms(port, bench.token)
+        samples: dict[str, list[float]] = {name: [] for name in targets}
+        for _ in range(args.requests):
+            for name, port in targets.items():
+                samples[name].append(first_event_ms(port, bench.token))
+    finally:
+        pools.stop()
+        bench.stop()
+    report = {name: {"median_ms": round(statistics.median(v), 3), "p90_ms": pct(v, 0.9), "p99_ms": pct(v, 0.99)}
+              for name, v in samples.items()}
+    a, c = report["A plain Envoy"], report["C full sidecar"]
+    report["added_by_sidecar_ms"] = {k: round(c[k] - a[k], 3) for k in ("median_ms", "p90_ms", "p99_ms")}
+    print(json.dumps({"requests_each": args.requests, **report}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
