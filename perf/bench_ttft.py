@@ -1,6 +1,8 @@
 """Time to first token for SSE responses: how much the full sidecar adds before the first
-event reaches the client. (A) plain Envoy and (C) Envoy + the full sidecar, both in front
-of the same demo pool streaming chat completions; sequential requests, interleaved.
+event reaches the client. (A) plain Envoy, (B) Envoy + the do-nothing sidecar (same
+processing modes: asks for the body, answers response headers) and (C) Envoy + the full
+sidecar, all in front of the same demo pool streaming chat completions; sequential
+requests, interleaved.
 
     .venv/bin/python perf/bench_ttft.py [--requests 300]
 """
@@ -70,11 +72,17 @@ def main() -> int:
                                          "--listen", sidecar, "--admin", sidecar_admin, "--redis-url",
                                          bench.redis.url, "--log-level", "warning"])
         wait_http(f"http://{sidecar_admin}/readyz", proc=child.proc)
-        ports = EnvoyPorts(ext_proc=free_port(), ext_authz=free_port(), admin=free_port(),
-                           pool_a=bench.pool_a, pool_b=bench.pool_b, ops=free_port())
-        bench._envoy("gateway", render([sidecar], ports, access_log_path="/dev/null", trace_sampling_percent=0),
-                     ports.admin)
-        targets = {"A plain Envoy": plain_port, "C full sidecar": ports.ext_proc}
+        gateways = {}
+        noop = f"127.0.0.1:{free_port()}"
+        bench._spawn("noop-sidecar", [sys.executable, "-m", "extproc", "noop-sidecar", "--listen", noop])
+        for name, address in (("B", noop), ("C", sidecar)):
+            ports = EnvoyPorts(ext_proc=free_port(), ext_authz=free_port(), admin=free_port(),
+                               pool_a=bench.pool_a, pool_b=bench.pool_b, ops=free_port())
+            bench._envoy(f"gateway-{name}", render([address], ports, access_log_path="/dev/null",
+                                                   trace_sampling_percent=0), ports.admin)
+            gateways[name] = ports.ext_proc
+        targets = {"A plain Envoy": plain_port, "B do-nothing sidecar": gateways["B"],
+                   "C full sidecar": gateways["C"]}
         for port in targets.values():  # warm-up
             for _ in range(20):
                 first_event_ms(port, bench.token)
@@ -87,8 +95,10 @@ def main() -> int:
         bench.stop()
     report = {name: {"median_ms": round(statistics.median(v), 3), "p90_ms": pct(v, 0.9), "p99_ms": pct(v, 0.99)}
               for name, v in samples.items()}
-    a, c = report["A plain Envoy"], report["C full sidecar"]
-    report["added_by_sidecar_ms"] = {k: round(c[k] - a[k], 3) for k in ("median_ms", "p90_ms", "p99_ms")}
+    a, b, c = report["A plain Envoy"], report["B do-nothing sidecar"], report["C full sidecar"]
+    keys = ("median_ms", "p90_ms", "p99_ms")
+    report["added_by_grpc_sidecar_floor_ms"] = {k: round(b[k] - a[k], 3) for k in keys}
+    report["added_by_policy_ms"] = {k: round(c[k] - b[k], 3) for k in keys}
     print(json.dumps({"requests_each": args.requests, **report}, indent=2))
     return 0
 
