@@ -6,7 +6,7 @@ import json
 import re
 import zoneinfo
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -34,6 +34,13 @@ class Limit:
     cost: int
     tag: str  # the hash tag of its key: the tenant's, or "global:POLICY" for a global policy
 
+    @property
+    def counts_tokens(self) -> bool:
+        """A token rate or a token budget: real usage can true its reservation up."""
+        budget = self.policy.budget
+        return self.dimension == "tokens" or (
+            self.dimension == "budget" and budget is not None and budget.unit is Unit.TOKENS)
+
 
 @dataclass(frozen=True, slots=True)
 class QuotaPlan:
@@ -43,6 +50,18 @@ class QuotaPlan:
 
     def __bool__(self) -> bool:
         return bool(self.limits)
+
+    @property
+    def has_leases(self) -> bool:
+        """A concurrency cap applies: a lease must be released when the request ends."""
+        return any(lm.kind == "concurrency" for lm in self.limits)
+
+    @property
+    def counts_tokens(self) -> bool:
+        return any(lm.counts_tokens for lm in self.limits)
+
+    def without_leases(self) -> QuotaPlan:
+        return replace(self, limits=tuple(lm for lm in self.limits if lm.kind != "concurrency"))
 
 
 def tenant_tag(tenant: str) -> str:

@@ -16,7 +16,6 @@ from redis import exceptions as redis_errors
 
 from extproc.quota.breaker import CircuitBreaker
 from extproc.quota.plan import Limit, QuotaPlan
-from extproc.quota.spec import Unit
 from extproc.quota.store import Admission, LimitState, StoreUnavailable, admits_later, states_from_reply
 from extproc.telemetry import tracing
 from extproc.telemetry.metrics import BREAKER_OPEN, REDIS_ERRORS, REDIS_SECONDS
@@ -139,8 +138,10 @@ class RedisQuotaStore:
         """Release the lease; true up token rates and token budgets when usage is known."""
         delta = 0 if actual_tokens is None else actual_tokens - plan.estimate_tokens
         states = {id(st.limit): st for st in admission.states}
-        results = await asyncio.gather(*(self._settle_limits(g, states, lease_id, delta)
-                                         for g in _groups(plan.limits)))
+        groups = _groups(plan.limits)
+        if len(groups) == 1:  # the usual case: no task per call
+            return await self._settle_limits(groups[0], states, lease_id, delta)
+        results = await asyncio.gather(*(self._settle_limits(g, states, lease_id, delta) for g in groups))
         return all(results)
 
     async def _settle_limits(self, limits: tuple[Limit, ...], states: dict[int, LimitState], lease_id: str,
@@ -148,13 +149,11 @@ class RedisQuotaStore:
         keys = [f"xq:{{{limits[0].tag}}}:s:{lease_id}"]
         args = [self._now, lease_id, str(SETTLED_MARKER_TTL_MS)]
         for limit in limits:
+            cost_delta = str(delta if limit.counts_tokens else 0)
             if limit.kind == "gcra":
-                cost_delta = delta if limit.dimension == "tokens" else 0
-                extra = [limit.args[0], limit.args[1], str(cost_delta)]
+                extra = [limit.args[0], limit.args[1], cost_delta]
             elif limit.kind == "budget":
-                budget = limit.policy.budget
-                cost_delta = delta if budget is not None and budget.unit is Unit.TOKENS else 0
-                extra = [str(cost_delta), str(states[id(limit)].period), ""]
+                extra = [cost_delta, str(states[id(limit)].period), ""]
             else:
                 extra = ["", "", ""]
             keys.append(limit.key)

@@ -13,7 +13,7 @@ from extproc.domain.classify import Classification
 from extproc.domain.identity import Identity
 from extproc.quota.local_store import LocalLimiter
 from extproc.quota.plan import QuotaPlan, completion_field, estimate_tokens, plan
-from extproc.quota.spec import FailureMode, QuotaSettings, Unit
+from extproc.quota.spec import FailureMode, QuotaSettings
 from extproc.quota.store import Admission, QuotaStore, StoreUnavailable
 from extproc.telemetry.metrics import DEGRADED, QUOTA_DENIALS
 
@@ -30,13 +30,6 @@ class QuotaTicket:
     plan: QuotaPlan
     admission: Admission
 
-    @property
-    def counts_tokens(self) -> bool:
-        """A token rate or token budget applies: real usage can true up the reservation."""
-        return any(lm.dimension == "tokens" or (lm.dimension == "budget" and lm.policy.budget is not None
-                                                 and lm.policy.budget.unit is Unit.TOKENS)
-                   for lm in self.plan.limits)
-
 
 class QuotaService:
     def __init__(self, store: QuotaStore | None, local: LocalLimiter | None = None) -> None:
@@ -51,8 +44,7 @@ class QuotaService:
         nobody can release would hold a slot for its whole TTL, so concurrency caps are skipped."""
         quota_plan = plan(settings, identity, cls, route, body)
         if not leases:
-            quota_plan = replace(quota_plan, limits=tuple(
-                lm for lm in quota_plan.limits if lm.kind != "concurrency"))
+            quota_plan = quota_plan.without_leases()
         if not quota_plan:
             return None
         try:
@@ -73,7 +65,7 @@ class QuotaService:
         return QuotaTicket(quota_plan, admission)
 
     async def _admit_in_store(self, store: QuotaStore, quota_plan: QuotaPlan, lease_id: str) -> Admission:
-        if not any(lm.kind == "concurrency" for lm in quota_plan.limits):
+        if not quota_plan.has_leases:
             return await store.admit(quota_plan, lease_id)
         # A lease is taken: if the request is cancelled while the script runs, release it
         # once the script answers, or it would hold a slot until its TTL.
@@ -136,7 +128,7 @@ class QuotaService:
         admission = ticket.admission
         if admission.degraded in ("open", "closed"):
             return
-        if actual_tokens is None and not any(lm.kind == "concurrency" for lm in ticket.plan.limits):
+        if actual_tokens is None and not ticket.plan.has_leases:
             return  # no lease to release and nothing to true up: no round trip
         try:
             if admission.degraded == "local":

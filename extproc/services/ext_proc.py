@@ -120,7 +120,7 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
                 # for the body: the id we already made names the request all the same.
                 if decision is not None:
                     # Read a JSON response's usage when a token quota can be trued up with it.
-                    read = (decision.quota is not None and decision.quota.counts_tokens
+                    read = (decision.quota is not None and decision.quota.plan.counts_tokens
                             and codec.response_is_json(request.response_headers))
                     response = codec.response_headers(decision.client_headers(), read_body=read)
                 else:
