@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from extproc.config.model import AuthMode, ListenerPolicy, Snapshot, UnknownAction
 from extproc.domain.authorize import authorize
@@ -23,6 +23,7 @@ from extproc.domain.facts import RequestFacts
 from extproc.domain.identity import ANONYMOUS, Identity
 from extproc.domain.ids import new_decision_id
 from extproc.domain.reasons import Reason
+from extproc.domain.usage import usage_from_json
 from extproc.identity.authenticator import IdentityUnavailable
 from extproc.identity.base import Authenticator
 from extproc.identity.tokens import TokenError
@@ -95,9 +96,7 @@ class Pipeline:
         body = None
         if raw.strip():
             try:
-                # A large body would hold the event loop for milliseconds: parse it aside.
-                body = json.loads(raw) if len(raw) < _PARSE_INLINE_BYTES else \
-                    await asyncio.to_thread(json.loads, raw)
+                body = await _off_loop_if_large(json.loads, raw)
             except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                 detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
                 return deny(decision_id, Reason.INVALID_JSON, f"request body is not valid JSON: {detail}")
@@ -179,6 +178,11 @@ class Pipeline:
                        response_headers=tuple(quota_headers.allowed(admission)),
                        degraded=admission.degraded)
 
+    async def response_tokens(self, raw: bytes) -> int | None:
+        """Tokens a complete JSON response reports in its ``usage`` (None: keep the estimate)."""
+        usage = await _off_loop_if_large(usage_from_json, raw)
+        return usage.total_tokens if usage else None
+
     async def settle(self, decision: Decision, actual_tokens: int | None = None) -> None:
         """The request is over: release its lease, true up its reservation (once)."""
         if decision.quota is not None:
@@ -187,6 +191,15 @@ class Pipeline:
 
 #: Bodies at least this large are parsed in a worker thread, off the event loop.
 _PARSE_INLINE_BYTES = 256 << 10
+
+T = TypeVar("T")
+
+
+async def _off_loop_if_large(parse: Callable[[bytes], T], raw: bytes) -> T:
+    """Parse small bodies inline; a large one would hold the event loop for milliseconds."""
+    if len(raw) < _PARSE_INLINE_BYTES:
+        return parse(raw)
+    return await asyncio.to_thread(parse, raw)
 
 
 def _json_body_follows(facts: RequestFacts) -> bool:

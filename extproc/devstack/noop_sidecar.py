@@ -17,8 +17,6 @@ from extproc.domain.facts import RequestFacts
 from extproc.domain.reasons import Reason
 from extproc.envoy_api import ext_authz, ext_proc
 
-_CONTINUE = {kind: ext_proc.passthrough(kind) for kind in (
-    "response_headers", "response_body", "request_trailers", "response_trailers")}
 # The one thing it must do for Envoy's route to work at all: name a pool, always the same.
 _FIXED = Decision("noop", Reason.ALLOWED, workload=WorkloadClass.UNKNOWN, upstream="pool-a")
 _NO_FACTS = RequestFacts(method="", path="", host="", headers={})
@@ -43,7 +41,7 @@ class NoopProcessor(ext_proc.Servicer):  # type: ignore[misc]
                 elif kind == "request_body":
                     await context.write(_ROUTE_BODY)
                 else:
-                    await context.write(_CONTINUE.get(kind) or ext_proc.passthrough(kind))
+                    await context.write(ext_proc.passthrough(kind))
         except (asyncio.CancelledError, grpc.aio.AbortError, grpc.aio.UsageError):
             return
 

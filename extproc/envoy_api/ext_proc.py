@@ -22,31 +22,22 @@ SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 METADATA_NAMESPACE = "extproc"
 
 _ProcessingMode = processing_mode_pb2.ProcessingMode
-# Sent with the headers response when the deciding rule needs the body. A mode
-# override replaces the whole mode, so the response-side modes are restated.
-# BUFFERED_PARTIAL (not BUFFERED): a body over Envoy's buffer limit reaches us
-# with end_of_stream=false, and we answer with our own JSON 413 instead of
-# Envoy's bare one.
-_READ_BODY_MODE = _ProcessingMode(
-    request_header_mode=_ProcessingMode.SEND,
-    request_body_mode=_ProcessingMode.BUFFERED_PARTIAL,
-    response_header_mode=_ProcessingMode.SEND,
-    response_body_mode=_ProcessingMode.NONE,
-    request_trailer_mode=_ProcessingMode.SKIP,
-    response_trailer_mode=_ProcessingMode.SKIP,
-)
 
 
-# After the response headers, to read a JSON response body for its usage: the whole body
-# up to Envoy's buffer limit (a larger one arrives cut, and its usage stays estimated).
-_READ_RESPONSE_MODE = _ProcessingMode(
-    request_header_mode=_ProcessingMode.SEND,
-    request_body_mode=_ProcessingMode.NONE,
-    response_header_mode=_ProcessingMode.SEND,
-    response_body_mode=_ProcessingMode.BUFFERED_PARTIAL,
-    request_trailer_mode=_ProcessingMode.SKIP,
-    response_trailer_mode=_ProcessingMode.SKIP,
-)
+def _mode(request_body: int, response_body: int) -> processing_mode_pb2.ProcessingMode:
+    """A mode override replaces the whole mode, so every field is restated."""
+    return _ProcessingMode(
+        request_header_mode=_ProcessingMode.SEND, request_body_mode=request_body,
+        response_header_mode=_ProcessingMode.SEND, response_body_mode=response_body,
+        request_trailer_mode=_ProcessingMode.SKIP, response_trailer_mode=_ProcessingMode.SKIP,
+    )
+
+
+# Both bodies are read BUFFERED_PARTIAL, not BUFFERED: a body over Envoy's buffer limit
+# reaches us cut (end_of_stream=false), so a request gets our JSON 413 instead of Envoy's
+# bare one, and a response keeps its estimate instead of failing.
+_READ_BODY_MODE = _mode(_ProcessingMode.BUFFERED_PARTIAL, _ProcessingMode.NONE)
+_READ_RESPONSE_MODE = _mode(_ProcessingMode.NONE, _ProcessingMode.BUFFERED_PARTIAL)
 
 
 def response_is_json(headers: pb.HttpHeaders) -> bool:
@@ -148,11 +139,21 @@ def response_headers(headers: list[tuple[str, str]], read_body: bool = False) ->
     return response
 
 
-def passthrough(kind: str) -> pb.ProcessingResponse:
-    """Continue unchanged for a phase we do not act on (e.g. trailers, response body)."""
+def _continue(kind: str) -> pb.ProcessingResponse:
     if kind in ("request_trailers", "response_trailers"):
         return pb.ProcessingResponse(**{kind: pb.TrailersResponse()})
     if kind in ("request_body", "response_body"):
         return pb.ProcessingResponse(**{kind: pb.BodyResponse()})
     return pb.ProcessingResponse(**{kind: pb.HeadersResponse()})
+
+
+# Built once and never mutated: the same message can be written to every stream.
+_CONTINUE = {kind: _continue(kind) for kind in (
+    "request_headers", "request_body", "request_trailers",
+    "response_headers", "response_body", "response_trailers")}
+
+
+def passthrough(kind: str) -> pb.ProcessingResponse:
+    """Continue unchanged for a phase we do not act on (e.g. trailers, response body)."""
+    return _CONTINUE[kind]
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import grpc
 
 from extproc.domain.decision import Decision
 from extproc.domain.facts import RequestFacts
-from extproc.domain.usage import usage_from_json
 from extproc.envoy_api import ext_proc as codec
 from extproc.pipeline import AwaitingBody, Pipeline
 from extproc.services.common import internal_error, listener_name
@@ -19,8 +17,6 @@ from extproc.telemetry.timing import PhaseTimer
 from extproc.telemetry.tracing import DecisionSpan
 
 _ADAPTER = "ext_proc"
-#: Response bodies at least this large are parsed in a worker thread, off the event loop.
-_PARSE_INLINE_BYTES = 256 << 10
 #: Stands in for the facts of a request whose headers could not be read.
 _UNREADABLE = RequestFacts(method="", path="", host="", headers={})
 
@@ -64,10 +60,9 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
                 task.add_done_callback(self._settling.discard)
 
     def _decided(self, decision: Decision, facts: RequestFacts, timer: PhaseTimer,
-                 span: DecisionSpan | None) -> None:
+                 span: DecisionSpan) -> None:
         self._observer.observe(decision, facts, timer)
-        if span is not None:
-            span.finish(decision)
+        span.finish(decision)
 
     async def drain(self) -> None:
         """Wait for settlements still in flight (shutdown)."""
@@ -80,8 +75,8 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
         span: DecisionSpan | None = None
         facts: RequestFacts | None = None
         pending: AwaitingBody | None = None
-        decision: Decision | None = None
         while True:
+            decision = stream.decision
             request = await context.read()
             if request is grpc.aio.EOF:
                 return
@@ -100,14 +95,15 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
                     pending = outcome
                     response = codec.read_body(facts)
                 else:
-                    decision = stream.decision = outcome
-                    self._decided(decision, facts, timer, span)
-                    response = codec.decided(decision, facts, "headers")
-            elif kind == "request_body" and pending is not None and facts is not None:
-                body = request.request_body
+                    stream.decision = outcome
+                    self._decided(outcome, facts, timer, span)
+                    response = codec.decided(outcome, facts, "headers")
+            elif kind == "request_body" and pending is not None:
+                assert facts is not None and span is not None  # set with pending, at the headers
                 try:
-                    with span.active() if span else contextlib.nullcontext():
-                        decision = await self._pipeline.on_request_body(facts, pending, body.body)
+                    with span.active():
+                        decision = await self._pipeline.on_request_body(
+                            facts, pending, request.request_body.body)
                 except Exception:
                     decision = internal_error(_ADAPTER)
                     self._observer.error()
@@ -129,9 +125,7 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
             elif kind == "response_body" and decision is not None:
                 body = request.response_body
                 if body.end_of_stream:  # complete: a cut body keeps the estimate
-                    usage = (usage_from_json(body.body) if len(body.body) < _PARSE_INLINE_BYTES
-                             else await asyncio.to_thread(usage_from_json, body.body))
-                    stream.actual_tokens = usage.total_tokens if usage else None
+                    stream.actual_tokens = await self._pipeline.response_tokens(body.body)
                 response = codec.passthrough(kind)
             else:
                 response = codec.passthrough(kind)
