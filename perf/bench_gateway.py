@@ -36,7 +36,7 @@ from extproc.devstack.envoy_config import EnvoyPorts, render  # noqa: E402
 from extproc.devstack.keys import DEFAULT_ISSUER, KeyStore, mint_token  # noqa: E402
 from tests.e2e.stack import PoolsThread  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
-from tests.support import Child, envoy_binary, free_port, wait_http  # noqa: E402
+from tests.support import Child, envoy_binary, free_port, free_port_block, wait_http  # noqa: E402
 
 BENCH_QUOTA = """
 quotas:
@@ -136,22 +136,34 @@ class Bench:
         self.sidecar_pid["B"] = child.proc.pid
         self._gateway("B", noop)
         # (C) the full sidecar
-        policy = self.dir / "policy.yaml"
-        policy.write_text(DEMO_CONFIG.read_text().replace(DEFAULT_ISSUER, self.issuer).split("\nquotas:")[0]
-                          + BENCH_QUOTA)
-        full, sidecar_admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-        child = self._spawn("sidecar", [sys.executable, "-m", "extproc", "serve", "--config", str(policy),
-                                        "--listen", full, "--admin", sidecar_admin, "--redis-url",
-                                        self.redis.url, "--log-level", "warning"])
-        wait_http(f"http://{sidecar_admin}/readyz", proc=child.proc)
-        self.sidecar_pid["C"] = child.proc.pid
-        self._gateway("C", full)
+        full, self.sidecar_pid["C"] = self.full_sidecar()
+        self._gateway("C", full[0])
 
-    def _gateway(self, name: str, sidecar: str) -> None:
+    def full_sidecar(self, name: str = "sidecar", workers: int = 1) -> tuple[list[str], int]:
+        """Start the full sidecar with the bench policy; its worker addresses and its pid."""
+        policy = self.dir / "policy.yaml"
+        if not policy.exists():
+            policy.write_text(DEMO_CONFIG.read_text().replace(DEFAULT_ISSUER, self.issuer)
+                              .split("\nquotas:")[0] + BENCH_QUOTA)
+        base, admin = free_port_block(workers), free_port_block(workers)
+        child = self._spawn(name, [sys.executable, "-m", "extproc", "serve", "--config", str(policy),
+                                   "--listen", f"127.0.0.1:{base}", "--admin", f"127.0.0.1:{admin}",
+                                   "--workers", str(workers), "--redis-url", self.redis.url,
+                                   "--log-level", "warning"])
+        for i in range(workers):
+            wait_http(f"http://127.0.0.1:{admin + i}/readyz", proc=child.proc)
+        return [f"127.0.0.1:{base + i}" for i in range(workers)], child.proc.pid
+
+    def gateway(self, name: str, sidecars: list[str]) -> EnvoyPorts:
+        """An Envoy gateway in front of these sidecar endpoints and the bench pools."""
         ports = EnvoyPorts(ext_proc=free_port(), ext_authz=free_port(), admin=free_port(),
                            pool_a=self.pool_a, pool_b=self.pool_b, ops=free_port())
-        self._envoy(f"gateway-{name}", render([sidecar], ports, access_log_path="/dev/null",
+        self._envoy(f"gateway-{name}", render(sidecars, ports, access_log_path="/dev/null",
                                               trace_sampling_percent=0), ports.admin)
+        return ports
+
+    def _gateway(self, name: str, sidecar: str) -> None:
+        ports = self.gateway(name, [sidecar])
         self.urls[name] = f"http://127.0.0.1:{ports.ext_proc}"
         self.urls[f"{name}-authz"] = f"http://127.0.0.1:{ports.ext_authz}"
 

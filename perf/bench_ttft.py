@@ -22,13 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "perf"))
 
-from bench_gateway import BENCH_QUOTA, Bench, _template  # noqa: E402
+from bench_gateway import Bench, _template  # noqa: E402
 
-from extproc.devstack.demo import DEMO_CONFIG  # noqa: E402
-from extproc.devstack.envoy_config import EnvoyPorts, render  # noqa: E402
-from extproc.devstack.keys import DEFAULT_ISSUER  # noqa: E402
 from tests.e2e.stack import PoolsThread  # noqa: E402
-from tests.support import free_port, wait_http  # noqa: E402
+from tests.support import free_port  # noqa: E402
 
 BODY = json.dumps({"model": "gpt-4o-mini", "stream": True,
                    "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 16})
@@ -64,23 +61,11 @@ def main() -> int:
         plain_port, admin = free_port(), free_port()
         bench._envoy("plain", _template("plain.yaml", ADMIN_PORT=admin, LISTEN_PORT=plain_port,
                                         POOL_A_PORT=bench.pool_a), admin)
-        policy = workdir / "policy.yaml"
-        policy.write_text(DEMO_CONFIG.read_text().replace(DEFAULT_ISSUER, bench.issuer).split("\nquotas:")[0]
-                          + BENCH_QUOTA)
-        sidecar, sidecar_admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-        child = bench._spawn("sidecar", [sys.executable, "-m", "extproc", "serve", "--config", str(policy),
-                                         "--listen", sidecar, "--admin", sidecar_admin, "--redis-url",
-                                         bench.redis.url, "--log-level", "warning"])
-        wait_http(f"http://{sidecar_admin}/readyz", proc=child.proc)
-        gateways = {}
+        sidecars, _ = bench.full_sidecar()
         noop = f"127.0.0.1:{free_port()}"
         bench._spawn("noop-sidecar", [sys.executable, "-m", "extproc", "noop-sidecar", "--listen", noop])
-        for name, address in (("B", noop), ("C", sidecar)):
-            ports = EnvoyPorts(ext_proc=free_port(), ext_authz=free_port(), admin=free_port(),
-                               pool_a=bench.pool_a, pool_b=bench.pool_b, ops=free_port())
-            bench._envoy(f"gateway-{name}", render([address], ports, access_log_path="/dev/null",
-                                                   trace_sampling_percent=0), ports.admin)
-            gateways[name] = ports.ext_proc
+        gateways = {name: bench.gateway(name, addresses).ext_proc
+                    for name, addresses in (("B", [noop]), ("C", sidecars))}
         targets = {"A plain Envoy": plain_port, "B do-nothing sidecar": gateways["B"],
                    "C full sidecar": gateways["C"]}
         for port in targets.values():  # warm-up

@@ -20,12 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "perf"))
 
-from bench_gateway import BENCH_QUOTA, Bench, run_wrk  # noqa: E402
+from bench_gateway import Bench, run_wrk  # noqa: E402
 
-from extproc.devstack.demo import DEMO_CONFIG  # noqa: E402
-from extproc.devstack.envoy_config import EnvoyPorts, render  # noqa: E402
-from extproc.devstack.keys import DEFAULT_ISSUER  # noqa: E402
-from tests.support import free_port, free_port_block, wait_http  # noqa: E402
+from tests.support import free_port  # noqa: E402
 
 
 def per_endpoint_requests(admin: int) -> dict[str, int]:
@@ -51,24 +48,8 @@ def main() -> int:
         from bench_gateway import _template  # the fake upstream only
         bench._envoy("fake-upstream", _template("fake-upstream.yaml", ADMIN_PORT=admin,
                                                  POOL_A_PORT=bench.pool_a, POOL_B_PORT=bench.pool_b), admin)
-        policy = workdir / "policy.yaml"
-        policy.write_text(DEMO_CONFIG.read_text().replace(DEFAULT_ISSUER, bench.issuer).split("\nquotas:")[0]
-                          + BENCH_QUOTA)
-        gateways = {}
-        for n in (1, args.workers):
-            base, admin_base = free_port_block(n), free_port_block(n)
-            child = bench._spawn(f"sidecar-{n}", [sys.executable, "-m", "extproc", "serve", "--config", str(policy),
-                                                  "--listen", f"127.0.0.1:{base}", "--admin", f"127.0.0.1:{admin_base}",
-                                                  "--workers", str(n), "--redis-url", bench.redis.url,
-                                                  "--log-level", "warning"])
-            for i in range(n):
-                wait_http(f"http://127.0.0.1:{admin_base + i}/readyz", proc=child.proc)
-            ports = EnvoyPorts(ext_proc=free_port(), ext_authz=free_port(), admin=free_port(),
-                               pool_a=bench.pool_a, pool_b=bench.pool_b, ops=free_port())
-            bench._envoy(f"gateway-{n}", render([f"127.0.0.1:{base + i}" for i in range(n)], ports,
-                                                access_log_path="/dev/null", trace_sampling_percent=0,
-                                                ), ports.admin)
-            gateways[n] = ports
+        gateways = {n: bench.gateway(str(n), bench.full_sidecar(f"sidecar-{n}", n)[0])
+                    for n in (1, args.workers)}
         for ports in gateways.values():  # warm-up
             run_wrk(f"http://127.0.0.1:{ports.ext_proc}/v1/models", bench.token, None, 1, 4, workdir)
         for _ in range(args.rounds):
