@@ -29,7 +29,7 @@ async def measure(n: int) -> list[dict[str, object]]:
     keys = {kind: TestKey.make(kind, f"{kind}-k") for _, kind in CASES}
     auth = JwtAuthenticator()
     auth.configure([IssuerSpec(name="bench", issuer=ISSUER, audiences=(AUDIENCE,),
-                               algorithms=frozenset(a for a, _ in CASES), discovery=False,
+                               algorithms=frozenset(a for a, _ in CASES),
                                static_jwks={"keys": [k.jwk() for k in keys.values()]})])
     rows: list[dict[str, object]] = []
     for alg, kind in CASES:

@@ -111,7 +111,7 @@ def _issuer(r: Reader, item: Any, where: str, source: str) -> IssuerSpec | None:
         tenant_claim=paths["tenant"], subject_claim=paths["subject"], plan_claim=paths["plan"],
         scopes_claim=paths["scopes"], roles_claim=paths["roles"],
         leeway_seconds=_number(r, f.get("leeway_seconds"), f"{where}.leeway_seconds", 30, 0, 600),
-        discovery=static is None and jwks_uri is None, jwks_uri=jwks_uri, static_jwks=static,
+        jwks_uri=jwks_uri, static_jwks=static,
         refresh_seconds=_number(r, f.get("refresh_seconds"), f"{where}.refresh_seconds", 300, 5, 86400),
         min_refresh_seconds=_number(r, f.get("min_refresh_seconds"), f"{where}.min_refresh_seconds",
                                     30, 1, 86400),

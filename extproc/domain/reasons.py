@@ -55,14 +55,6 @@ class Reason(StrEnum):
     def error_type(self) -> str:
         return _ERROR_TYPE[self]
 
-    @property
-    def is_authentication(self) -> bool:
-        return _STATUS[self] == 401
-
-    @property
-    def is_authorization(self) -> bool:
-        return _STATUS[self] == 403
-
 
 _UNAUTHENTICATED = (
     Reason.MISSING_CREDENTIALS, Reason.INVALID_AUTHORIZATION_HEADER, Reason.TOKEN_TOO_LARGE,

@@ -26,7 +26,6 @@ class IssuerSpec:
     leeway_seconds: float = 30.0
     #: Where keys come from: OIDC discovery at ``issuer`` (default), an explicit
     #: ``jwks_uri``, or a static JWKS (air-gapped; never fetched).
-    discovery: bool = True
     jwks_uri: str | None = None
     static_jwks: dict[str, Any] | None = field(default=None, compare=False, hash=False)
     refresh_seconds: float = 300.0

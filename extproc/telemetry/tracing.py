@@ -47,10 +47,6 @@ def configure(service_name: str = "extproc") -> bool:
     return True
 
 
-def enabled() -> bool:
-    return _enabled
-
-
 def shutdown() -> None:
     provider = trace.get_tracer_provider()
     if _enabled and hasattr(provider, "shutdown"):

@@ -37,7 +37,7 @@ async def authenticator(keys: list[dict], algorithms=ALL_ALGS, clock: Clock | No
                         cache: VerifiedTokenCache | None = None) -> JwtAuthenticator:
     auth = JwtAuthenticator(cache=cache, clock=clock or Clock())
     auth.configure([IssuerSpec(name="idp", issuer=ISSUER, audiences=(AUDIENCE,), algorithms=algorithms,
-                               static_jwks={"keys": keys}, discovery=False)])
+                               static_jwks={"keys": keys})])
     return auth
 
 
