@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from extproc.config.model import AuthMode, ListenerPolicy, Snapshot, UnknownAction
@@ -157,26 +157,25 @@ class Pipeline:
             return deny(decision_id, Reason.QUOTA_STORE_UNAVAILABLE,
                         "quotas cannot be checked right now (quota store unavailable); try again",
                         cls, identity, headers=(("retry-after", "1"),), degraded="closed")
-        if admission.blocking is not None:
-            clamped = None
-            if facts.can_rewrite_body:  # ext_proc can change the body; ext_authz cannot
-                clamped = await self._quota.clamp(snapshot.quotas, identity, cls, entry.id, body,
-                                                  decision_id, admission)
+        if admission.blocking is None:
+            return allow(decision_id, cls, identity, entry.pool, entry.id, quota=ticket,
+                         response_headers=tuple(quota_headers.allowed(admission)),
+                         degraded=admission.degraded)
+        # 7. Refused. A token budget may let the request through with a smaller max_tokens
+        #    (ext_proc only: ext_authz cannot rewrite a body).
+        if facts.can_rewrite_body:
+            clamped = await self._quota.clamp(snapshot.quotas, identity, cls, entry.id, body,
+                                              decision_id, admission)
             if clamped is not None:
                 ticket, new_body, field = clamped
-                return replace(
-                    allow(decision_id, cls, identity, entry.pool, entry.id), quota=ticket,
-                    response_headers=(*quota_headers.allowed(ticket.admission),
-                                      ("x-extproc-max-tokens-clamped", str(new_body[field]))),
-                    body_rewrite=json.dumps(new_body, separators=(",", ":")).encode(),
-                )
-            reason, message, headers, details = quota_headers.denial(admission)
-            return deny(decision_id, reason, message, cls, identity, headers=tuple(headers),
-                        policy=admission.blocking.limit.policy.name, details=tuple(details.items()),
-                        degraded=admission.degraded)
-        return replace(allow(decision_id, cls, identity, entry.pool, entry.id), quota=ticket,
-                       response_headers=tuple(quota_headers.allowed(admission)),
-                       degraded=admission.degraded)
+                return allow(decision_id, cls, identity, entry.pool, entry.id, quota=ticket,
+                             response_headers=(*quota_headers.allowed(ticket.admission),
+                                               ("x-extproc-max-tokens-clamped", str(new_body[field]))),
+                             body_rewrite=json.dumps(new_body, separators=(",", ":")).encode())
+        reason, message, headers, details = quota_headers.denial(admission)
+        return deny(decision_id, reason, message, cls, identity, headers=tuple(headers),
+                    policy=admission.blocking.limit.policy.name, details=tuple(details.items()),
+                    degraded=admission.degraded)
 
     async def response_tokens(self, raw: bytes) -> int | None:
         """Tokens a complete JSON response reports in its ``usage`` (None: keep the estimate)."""

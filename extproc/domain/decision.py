@@ -111,7 +111,9 @@ class Decision:
 
 
 def allow(
-    decision_id: str, cls: Classification, identity: Identity, upstream: str, route: str
+    decision_id: str, cls: Classification, identity: Identity, upstream: str, route: str,
+    quota: Any = None, response_headers: tuple[tuple[str, str], ...] = (),
+    degraded: str | None = None, body_rewrite: bytes | None = None,
 ) -> Decision:
     return Decision(
         decision_id=decision_id,
@@ -122,6 +124,10 @@ def allow(
         tenant=identity.tenant,
         upstream=upstream,
         route=route,
+        response_headers=response_headers,
+        quota=quota,
+        degraded=degraded,
+        body_rewrite=body_rewrite,
     )
 
 
