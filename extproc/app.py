@@ -25,6 +25,7 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import multiprocess
 
+from extproc.config.model import Snapshot
 from extproc.config.reloader import ConfigHolder
 from extproc.envoy_api import ext_authz, ext_proc
 from extproc.identity.authenticator import JwtAuthenticator
@@ -33,6 +34,8 @@ from extproc.quota.local_store import LocalLimiter
 from extproc.quota.redis_client import client_from_url
 from extproc.quota.redis_store import RedisQuotaStore
 from extproc.quota.service import QuotaService
+from extproc.routing.store import RouteStore
+from extproc.routing.sync import RouteSync
 from extproc.services.admin_http import build_admin_app
 from extproc.services.ext_authz import AuthorizationService
 from extproc.services.ext_proc import ExternalProcessorService
@@ -64,7 +67,11 @@ class Worker:
                       if settings.redis_url else None)
         store = RedisQuotaStore(self.redis, settings.redis_timeout_ms / 1000) if self.redis else None
         self.quota = QuotaService(store, LocalLimiter(self.config.current.quotas.replicas))
-        self.pipeline = Pipeline(self.config, self.identity, self.quota)
+        # The live routing table follows Redis on its own client: patient timeouts and a
+        # pub/sub connection, away from the quota path's short ones. No Redis: the file's table.
+        self.routes = (RouteSync(RouteStore(client_from_url(settings.redis_url, 2.0)), self.config.current,
+                                 settings.routes_poll_seconds) if settings.redis_url else None)
+        self.pipeline = Pipeline(self.config, self.identity, self.quota, self.routes)
         self.health = health.aio.HealthServicer()
         self.serving = False
         self.started_at = time.time()
@@ -84,6 +91,9 @@ class Worker:
                 "last_error_at": st.last_error_at,
             },
             "issuers": self.identity.status(),
+            "routes": self.routes.status() if self.routes else {
+                "source": "config", "version": 0, "in_sync": True,
+                "note": "no Redis configured: the policy file's routing table (hot reloaded)"},
             "quota_store": {
                 "configured": self.redis is not None,
                 "breaker": self.quota.store.breaker.state if isinstance(self.quota.store, RedisQuotaStore)
@@ -107,7 +117,7 @@ class Worker:
             server.add_insecure_port(address)
         # Issuer keys are fetched in the background; new issuers on reload too.
         self.identity.configure(self.config.current.config.issuers)
-        self.config.on_swap = lambda snap: self.identity.configure(snap.config.issuers)
+        self.config.on_swap = self._on_config_swap
         if isinstance(self.quota.store, RedisQuotaStore):
             await self.quota.store.start()
         admin = await self._start_admin()
@@ -116,6 +126,7 @@ class Worker:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.serving = True
         watcher = asyncio.create_task(self.config.watch(self.settings.reload_interval))
+        route_sync = asyncio.create_task(self.routes.run()) if self.routes else None
         log.info("serving", extra={"listen": list(self.settings.listen), "admin": self.settings.admin,
                                    "config_version": self.config.current.version})
         await stop.wait()
@@ -130,14 +141,23 @@ class Worker:
             await asyncio.sleep(self.settings.shutdown_delay)
         await server.stop(grace=self.settings.drain_seconds)
         watcher.cancel()
+        if route_sync is not None:
+            route_sync.cancel()
         await ext_proc_service.drain()  # settle what ended during the drain
         await self.identity.close()
         if self.redis is not None:
             await self.redis.aclose()
+        if self.routes is not None:
+            await self.routes.store.client.aclose()
         tracing.shutdown()
         if admin is not None:
             await admin.cleanup()
         log.info("stopped")
+
+    def _on_config_swap(self, snapshot: Snapshot) -> None:
+        self.identity.configure(snapshot.config.issuers)
+        if self.routes is not None:
+            self.routes.configure(snapshot)
 
     async def _start_admin(self) -> web.AppRunner | None:
         if not self.settings.admin:
@@ -167,7 +187,7 @@ def worker_command(settings: Settings, index: int) -> list[str]:
            "--drain-seconds", str(ws.drain_seconds), "--shutdown-delay", str(ws.shutdown_delay),
            "--log-level", ws.log_level, "--redis-timeout-ms", str(ws.redis_timeout_ms),
            "--metrics-tenant-cap", str(ws.metrics_tenant_cap), "--log-allow-sample", str(ws.log_allow_sample),
-           "--worker-index", str(index)]
+           "--routes-poll-seconds", str(ws.routes_poll_seconds), "--worker-index", str(index)]
     for address in ws.listen:
         cmd += ["--listen", address]
     cmd += ["--admin", ws.admin] if ws.admin else ["--no-admin"]

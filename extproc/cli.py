@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="tenants with their own metric series; the rest are counted as 'other'")
     s.add_argument("--log-allow-sample", type=float, default=float(env_default("LOG_ALLOW_SAMPLE", "0")),
                    help="fraction of allowed decisions to log (denials and degraded ones: always)")
+    s.add_argument("--routes-poll-seconds", type=float,
+                   default=float(env_default("ROUTES_POLL_SECONDS", "2")),
+                   help="how often to check Redis for a new routing table (besides pub/sub)")
     s.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
 
     c = sub.add_parser("check-config", help="validate a policy file; non-zero exit on errors")
@@ -122,7 +125,7 @@ def _check_config(path: str, quiet: bool = False) -> int:
         return 1
     if not quiet:
         print(f"{path}: ok (version {config.digest[:12]}, {len(config.rules)} rules, "
-              f"{len(config.routes)} routes)")
+              f"{len(config.routing.entries)} routes)")
     return 0
 
 
@@ -151,6 +154,7 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_tenant_cap=args.metrics_tenant_cap,
         log_allow_sample=args.log_allow_sample,
         log_level=args.log_level,
+        routes_poll_seconds=args.routes_poll_seconds,
     )
     if settings.workers > 1:
         return app.run_supervisor(settings)

@@ -29,6 +29,7 @@ from extproc.identity.base import Authenticator
 from extproc.identity.tokens import TokenError
 from extproc.quota import headers as quota_headers
 from extproc.quota.service import QuotaService
+from extproc.routing.table import RoutingTable
 from extproc.telemetry.timing import PhaseTimer
 
 
@@ -37,6 +38,13 @@ class SnapshotSource(Protocol):
 
     @property
     def current(self) -> Snapshot: ...
+
+
+class RoutesSource(Protocol):
+    """Anything holding the current live routing table (``routing.sync.RouteSync``)."""
+
+    @property
+    def current(self) -> RoutingTable: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +59,12 @@ class AwaitingBody:
 
 class Pipeline:
     def __init__(self, config: SnapshotSource, authenticator: Authenticator,
-                 quota: QuotaService | None = None) -> None:
+                 quota: QuotaService | None = None, routes: RoutesSource | None = None) -> None:
+        """``routes``: the live table; without it, the policy file's table (static routing)."""
         self._config = config
         self._authenticator = authenticator
         self._quota = quota or QuotaService(None)
+        self._routes = routes
 
     async def on_request_headers(
         self, facts: RequestFacts, timer: PhaseTimer | None = None
@@ -138,37 +148,47 @@ class Pipeline:
         refusal = authorize(snapshot.access, identity, cls, facts.listener)
         if refusal is not None:
             return deny(decision_id, refusal.reason, refusal.message, cls, identity, policy=refusal.rule)
-        # 5. Route: the first matching table entry names the upstream pool.
-        entry = snapshot.routes.lookup(cls.workload, cls.model, identity.tenant)
+        # 5. Route: aliases resolved, the most specific table entry picks the pool (and fallbacks).
+        table = self._routes.current if self._routes is not None else snapshot.routes
+        model = table.resolve(cls.model)
+        route = table.lookup(cls.workload, model, identity.tenant, identity.plan)
         timer.lap("route")
-        if entry is None:
+        if route is None:
             return deny(
                 decision_id, Reason.NO_ROUTE,
-                f"no route for class={cls.workload.value} model={cls.model or '-'}", cls, identity,
+                f"no route for class={cls.workload.value} model={model or '-'} "
+                f"(routing table version {table.version})", cls, identity,
             )
+        served = route.entry.rewrite_model or model
+        if model != cls.model:  # quota policies match the canonical model, not an alias of it
+            cls = Classification(cls.workload, model, cls.rule)
+        upstream_body = body
+        if served != model and body is not None and body.get("model") == model:
+            upstream_body = {**body, "model": served}  # ext_authz cannot rewrite: header only
         # 6. Quota: every applicable limit in ONE Redis call; nothing is consumed on a refusal.
-        ticket = await self._quota.admit(snapshot.quotas, identity, cls, entry.id, body, decision_id,
+        ticket = await self._quota.admit(snapshot.quotas, identity, cls, route.entry.id, body, decision_id,
                                          leases=facts.sees_request_end)
         timer.lap("quota")
+        rewrite = _rewrite(facts, body, upstream_body)
         if ticket is None:
-            return allow(decision_id, cls, identity, entry.pool, entry.id)
+            return allow(decision_id, cls, identity, route, served, body_rewrite=rewrite)
         admission = ticket.admission
         if admission.degraded == "closed":
             return deny(decision_id, Reason.QUOTA_STORE_UNAVAILABLE,
                         "quotas cannot be checked right now (quota store unavailable); try again",
                         cls, identity, headers=(("retry-after", "1"),), degraded="closed")
         if admission.blocking is None:
-            return allow(decision_id, cls, identity, entry.pool, entry.id, quota=ticket,
+            return allow(decision_id, cls, identity, route, served, quota=ticket,
                          response_headers=tuple(quota_headers.allowed(admission)),
-                         degraded=admission.degraded)
+                         degraded=admission.degraded, body_rewrite=rewrite)
         # 7. Refused. A token budget may let the request through with a smaller max_tokens
         #    (ext_proc only: ext_authz cannot rewrite a body).
         if facts.can_rewrite_body:
-            clamped = await self._quota.clamp(snapshot.quotas, identity, cls, entry.id, body,
+            clamped = await self._quota.clamp(snapshot.quotas, identity, cls, route.entry.id, upstream_body,
                                               decision_id, admission)
             if clamped is not None:
                 ticket, new_body, field = clamped
-                return allow(decision_id, cls, identity, entry.pool, entry.id, quota=ticket,
+                return allow(decision_id, cls, identity, route, served, quota=ticket,
                              response_headers=(*quota_headers.allowed(ticket.admission),
                                                ("x-extproc-max-tokens-clamped", str(new_body[field]))),
                              body_rewrite=json.dumps(new_body, separators=(",", ":")).encode())
@@ -199,6 +219,14 @@ async def _off_loop_if_large(parse: Callable[[bytes], T], raw: bytes) -> T:
     if len(raw) < _PARSE_INLINE_BYTES:
         return parse(raw)
     return await asyncio.to_thread(parse, raw)
+
+
+def _rewrite(facts: RequestFacts, body: Mapping[str, Any] | None,
+             upstream_body: Mapping[str, Any] | None) -> bytes | None:
+    """The new request body when the route changed it (and this adapter can send one)."""
+    if upstream_body is body or not facts.can_rewrite_body:
+        return None
+    return json.dumps(upstream_body, separators=(",", ":")).encode()
 
 
 def _json_body_follows(facts: RequestFacts) -> bool:

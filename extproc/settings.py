@@ -25,6 +25,8 @@ class Settings:
     redis_timeout_ms: int = 50
     metrics_tenant_cap: int = 100
     log_allow_sample: float = 0.0
+    #: Safety-net check of the live routing table (pub/sub announces new versions at once).
+    routes_poll_seconds: float = 2.0
 
     def for_worker(self, index: int) -> Settings:
         """Worker ``index`` of N: TCP ports offset by index; sockets get a ``-index`` suffix."""

@@ -20,7 +20,8 @@ from extproc.config.quota_section import parse_quotas
 from extproc.config.reader import ConfigError, Reader
 from extproc.domain.classify import ModelSource, RuleSpec, WorkloadClass
 from extproc.domain.facts import INTERNAL_HEADER_PREFIX
-from extproc.routing.table import RouteEntry
+from extproc.routing.document import TABLE_FIELDS, parse_table
+from extproc.routing.table import CHAIN_SEPARATOR, TableSpec
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 MAX_BODY_BYTES_CEILING = 64 << 20
@@ -28,7 +29,12 @@ _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 # A group containing + or * (or {n,}) that is itself quantified: the classic catastrophic
 # backtracking shape. Rules run on client-controlled paths, on the event loop.
 _NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*(?:[+*]|\{\d*,\d*\})(?:[^()\\]|\\.)*\)(?:[+*]|\{\d*,)")
+# Pool names: Envoy cluster names, without the failover clusters' separator.
 _CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+assert not _CLUSTER_NAME.match(CHAIN_SEPARATOR)
+#: Fallbacks per entry that Envoy's generated failover clusters cover by default (and at most).
+DEFAULT_MAX_FALLBACKS = 1
+MAX_FALLBACKS_CEILING = 3
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 _MODEL_SOURCES = {"body", "header", "path"}
 
@@ -58,15 +64,20 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def parse(text: bytes, source: str) -> PolicyConfig:
+def load_yaml(text: bytes, source: str) -> Any:
+    """Strict, safe YAML (duplicate keys refused). Raises ``ConfigError`` naming line and column."""
     try:
-        doc = yaml.load(text, Loader=_StrictLoader)
+        return yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(source, [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from exc
     except RecursionError as exc:
         raise ConfigError(source, ["not valid YAML (nested too deeply)"]) from exc
+
+
+def parse(text: bytes, source: str) -> PolicyConfig:
+    doc = load_yaml(text, source)
     r = Reader()
     if doc is None:
         doc = {}
@@ -83,8 +94,8 @@ def parse(text: bytes, source: str) -> PolicyConfig:
     if not 1 <= max_body <= MAX_BODY_BYTES_CEILING:
         r.error("request_body.max_bytes", f"must be between 1 and {MAX_BODY_BYTES_CEILING}")
     rules = _classification(r, root.get("classification"))
-    pools, routes = _routing(r, root.get("routing"))
-    quotas = parse_quotas(r, root.get("quotas"), {route.id for route in routes})
+    pools, max_fallbacks, routing = _routing(r, root.get("routing"))
+    quotas = parse_quotas(r, root.get("quotas"), {entry.id for entry in routing.entries})
     if r.errors:
         raise ConfigError(source, r.errors)
     return PolicyConfig(
@@ -94,7 +105,8 @@ def parse(text: bytes, source: str) -> PolicyConfig:
         max_body_bytes=max_body,
         rules=rules,
         pools=pools,
-        routes=routes,
+        max_fallbacks=max_fallbacks,
+        routing=routing,
         issuers=issuers,
         access=access,
         quotas=quotas,
@@ -226,35 +238,16 @@ def _compiles(regex: str) -> bool:
     return True
 
 
-def _routing(r: Reader, value: Any) -> tuple[tuple[str, ...], tuple[RouteEntry, ...]]:
-    spec = r.mapping(value, "routing", {"pools", "routes"})
+def _routing(r: Reader, value: Any) -> tuple[tuple[str, ...], int, TableSpec]:
+    """Pools Envoy knows, how many fallbacks its failover clusters cover, and the seed table."""
+    spec = r.mapping(value, "routing", {"pools", "max_fallbacks"} | TABLE_FIELDS)
     pools = r.strings(spec.get("pools"), "routing.pools", unique=True)
     for i, pool in enumerate(pools):
         if not _CLUSTER_NAME.match(pool):
             r.error(f"routing.pools[{i}]", f"{pool!r} is not a valid Envoy cluster name")
     if not pools:
         r.error("routing.pools", "list at least one upstream pool (an Envoy cluster name)")
-    entries: list[RouteEntry] = []
-    ids: set[str] = set()
-    for i, item in enumerate(r.seq(spec.get("routes"), "routing.routes")):
-        where = f"routing.routes[{i}]"
-        f = r.mapping(item, where, {"id", "class", "model", "tenant", "pool"})
-        rid = r.typed(f.get("id"), f"{where}.id", str, f"route-{i}")
-        if rid in ids:
-            r.error(f"{where}.id", f"duplicate route id {rid!r}")
-        ids.add(rid)
-        pool = r.typed(f.get("pool"), f"{where}.pool", str, "")
-        if not pool:
-            r.error(f"{where}.pool", "required")
-        elif pools and pool not in pools:
-            r.error(f"{where}.pool", f"unknown pool {pool!r} (routing.pools: {', '.join(pools)})")
-        workload = None
-        if "class" in f:
-            workload = r.choice(f["class"], f"{where}.class", WorkloadClass,
-                                ", ".join(w.value for w in WorkloadClass))
-        model = r.typed(f.get("model"), f"{where}.model", str, None)
-        if model is not None and model.strip("*") == "":
-            r.error(f"{where}.model", "empty model pattern (omit the field to match any model)")
-        tenant = r.typed(f.get("tenant"), f"{where}.tenant", str, None)
-        entries.append(RouteEntry(rid, pool, workload, model, tenant))
-    return pools, tuple(entries)
+    max_fallbacks = r.typed(spec.get("max_fallbacks"), "routing.max_fallbacks", int, DEFAULT_MAX_FALLBACKS)
+    if not 0 <= max_fallbacks <= MAX_FALLBACKS_CEILING:
+        r.error("routing.max_fallbacks", f"must be between 0 and {MAX_FALLBACKS_CEILING}")
+    return pools, max_fallbacks, parse_table(r, spec, "routing", pools, max_fallbacks)

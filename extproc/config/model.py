@@ -9,7 +9,7 @@ from extproc.domain.authorize import AccessRule
 from extproc.domain.classify import Classifier, RuleSpec
 from extproc.identity.spec import IssuerSpec
 from extproc.quota.spec import QuotaSettings
-from extproc.routing.table import RouteEntry, RouteTable
+from extproc.routing.table import RoutingTable, TableSpec
 
 
 class UnknownAction(StrEnum):
@@ -41,8 +41,10 @@ class PolicyConfig:
     listeners: tuple[ListenerPolicy, ...]
     max_body_bytes: int
     rules: tuple[RuleSpec, ...]
+    #: Envoy clusters the routing table may name, and how many fallbacks its failover clusters cover.
     pools: tuple[str, ...]
-    routes: tuple[RouteEntry, ...]
+    routing: TableSpec
+    max_fallbacks: int = 1
     issuers: tuple[IssuerSpec, ...] = ()
     access: tuple[AccessRule, ...] = ()
     quotas: QuotaSettings = field(default_factory=QuotaSettings)
@@ -59,7 +61,7 @@ class Snapshot:
         self.version = config.digest[:12]
         self.max_body_bytes = config.max_body_bytes
         self.classifier = Classifier(config.rules)
-        self.routes = RouteTable(config.routes, config.pools)
+        self.routes = RoutingTable(config.routing)  # the seed; live tables come from routing.sync
         self.listeners = {lp.name: lp for lp in config.listeners}
         self.access = config.access
         self.quotas = config.quotas

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from extproc.domain.classify import Classification, WorkloadClass
 from extproc.domain.identity import Identity
 from extproc.domain.reasons import Reason
+
+if TYPE_CHECKING:
+    from extproc.routing.table import Route
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,8 +25,15 @@ class Decision:
     model: str | None = None
     rule: str | None = None
     tenant: str | None = None
+    #: The Envoy cluster the request goes to: a pool, or ``pool~fallback`` (a failover cluster).
     upstream: str | None = None
+    #: The routing table entry that matched, and the table's version.
     route: str | None = None
+    route_version: int | None = None
+    #: The model name the upstream receives (aliases resolved, the entry's rewrite applied).
+    model_served: str | None = None
+    #: Retries Envoy may make through the route's fallbacks.
+    retries: int = 0
     #: Extra headers a denial carries to the client (e.g. ``www-authenticate``).
     headers: tuple[tuple[str, str], ...] = ()
     #: The access rule or quota policy that denied, for the error body and the record.
@@ -55,10 +65,20 @@ class Decision:
         ]
         if self.upstream:
             headers.append(("x-extproc-upstream", self.upstream))
+        if self.route:
+            headers.append(("x-extproc-route", self.route))
+            headers.append(("x-extproc-route-version", str(self.route_version)))
+        if self.retries:
+            # The gateway route with the fallback retry policy matches on x-extproc-failover;
+            # x-envoy-max-retries bounds the retries to this chain's length (envoy/README.md).
+            headers.append(("x-extproc-failover", str(self.retries)))
+            headers.append(("x-envoy-max-retries", str(self.retries)))
         if self.tenant:
             headers.append(("x-extproc-tenant", self.tenant))
         if self.model:
             headers.append(("x-extproc-model", self.model))
+        if self.model_served and self.model_served != self.model:
+            headers.append(("x-extproc-model-served", self.model_served))
         return headers
 
     def metadata(self) -> dict[str, str]:
@@ -73,6 +93,8 @@ class Decision:
             ("model", self.model),
             ("upstream", self.upstream),
             ("route", self.route),
+            ("route_version", None if self.route_version is None else str(self.route_version)),
+            ("model_served", self.model_served),
             ("rule", self.rule),
         ):
             if value:
@@ -111,7 +133,7 @@ class Decision:
 
 
 def allow(
-    decision_id: str, cls: Classification, identity: Identity, upstream: str, route: str,
+    decision_id: str, cls: Classification, identity: Identity, route: Route, model_served: str | None,
     quota: Any = None, response_headers: tuple[tuple[str, str], ...] = (),
     degraded: str | None = None, body_rewrite: bytes | None = None,
 ) -> Decision:
@@ -122,8 +144,11 @@ def allow(
         model=cls.model,
         rule=cls.rule,
         tenant=identity.tenant,
-        upstream=upstream,
-        route=route,
+        upstream=route.cluster,
+        route=route.entry.id,
+        route_version=route.version,
+        model_served=model_served,
+        retries=route.retries,
         response_headers=response_headers,
         quota=quota,
         degraded=degraded,

@@ -36,3 +36,14 @@ DEGRADED = Counter(
 )
 QUOTA_DENIALS = Counter("extproc_quota_denials_total", "Quota denials by policy and dimension",
                         ["policy", "dimension", "enforced"])
+
+ROUTES_VERSION = Gauge("extproc_routes_version", "Routing table version served (0: the policy file's seed)",
+                       multiprocess_mode="liveall")
+ROUTES_IN_SYNC = Gauge("extproc_routes_in_sync",
+                       "1 when the last check of the live routing table in Redis succeeded",
+                       multiprocess_mode="livemin")
+ROUTES_LAST_SYNC = Gauge("extproc_routes_last_sync_timestamp_seconds",
+                         "When the live routing table was last checked successfully",
+                         multiprocess_mode="livemin")
+ROUTES_UPDATES = Counter("extproc_routes_updates_total",
+                         "Routing table versions seen, by result (applied, rejected)", ["result"])

@@ -42,7 +42,7 @@ def test_all_errors_are_reported_not_just_the_first() -> None:
 request_body: {max_bytes: -1}
 routing:
   pools: [a]
-  routes: [{pool: b}, {pool: c}]
+  routes: [{pool: b, model: x}, {pool: c, model: y}]
 """
     with pytest.raises(ConfigError) as info:
         parse(text, "multi.yaml")

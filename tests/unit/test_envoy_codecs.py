@@ -13,6 +13,7 @@ from extproc.domain.decision import allow, deny
 from extproc.domain.identity import ANONYMOUS
 from extproc.domain.reasons import Reason
 from extproc.envoy_api import ext_authz, ext_proc
+from extproc.routing.table import Route, RouteEntry, WeightedPool
 
 
 def headers_msg(pairs: list[tuple[str, str]], raw: bool, eos: bool = False) -> pb.HttpHeaders:
@@ -46,7 +47,9 @@ def test_reads_raw_value_and_value_alike() -> None:
 
 def _allowed():
     cls = Classification(WorkloadClass.INFERENCE, "gpt-4o", "openai-chat")
-    return allow("d1", cls, ANONYMOUS, "pool-a", "r1")
+    entry = RouteEntry("r1", (WeightedPool("pool-a"),), fallbacks=("pool-b",))
+    route = Route(entry, "pool-a", "pool-a~pool-b", 1, 7)
+    return allow("d1", cls, ANONYMOUS, route, "gpt-4o-2024-08-06")
 
 
 def test_allow_sets_routing_headers_strips_the_rest_and_clears_route_cache() -> None:
@@ -55,12 +58,17 @@ def test_allow_sets_routing_headers_strips_the_rest_and_clears_route_cache() -> 
     common = resp.request_headers.response
     assert common.clear_route_cache
     sets = {h.header.key: h.header.raw_value.decode() for h in common.header_mutation.set_headers}
-    assert sets["x-extproc-upstream"] == "pool-a"
+    assert sets["x-extproc-upstream"] == "pool-a~pool-b"  # the failover cluster
+    assert sets["x-extproc-route"] == "r1"
+    assert sets["x-extproc-route-version"] == "7"
+    assert sets["x-extproc-failover"] == sets["x-envoy-max-retries"] == "1"
+    assert sets["x-extproc-model-served"] == "gpt-4o-2024-08-06"
     assert sets["x-extproc-tenant"] == "anonymous"
     assert sets["x-extproc-decision-id"] == "d1"
     assert list(common.header_mutation.remove_headers) == ["x-extproc-debug"]
     meta = resp.dynamic_metadata.fields["extproc"].struct_value.fields
     assert meta["tenant"].string_value == "anonymous" and meta["route"].string_value == "r1"
+    assert meta["route_version"].string_value == "7" and meta["upstream"].string_value == "pool-a~pool-b"
     body_resp = ext_proc.decided(_allowed(), facts, "body")
     assert body_resp.request_body.response.clear_route_cache
 
@@ -102,7 +110,7 @@ def test_ext_authz_request_and_responses() -> None:
     assert set(facts.stripped) == {"x-extproc-class", "x-extproc-other"}
     ok = ext_authz.response(_allowed(), facts)
     assert ok.status.code == 0
-    assert {h.header.key: h.header.value for h in ok.ok_response.headers}["x-extproc-upstream"] == "pool-a"
+    assert {h.header.key: h.header.value for h in ok.ok_response.headers}["x-extproc-upstream"] == "pool-a~pool-b"
     # A header we set is overwritten, never also removed (Envoy removes after setting).
     assert list(ok.ok_response.headers_to_remove) == ["x-extproc-other"]
     assert ok.ok_response.response_headers_to_add[0].header.value == "d1"

@@ -30,7 +30,7 @@ def test_edit_in_place_is_reloaded(tmp_path: Path) -> None:
     path.write_text(GOOD_B + "# changed\n")
     assert holder.check() is True
     assert holder.current.version != v1
-    assert holder.current.routes.pools == {"pool-b"}
+    assert holder.current.config.pools == ("pool-b",)
 
 
 def test_configmap_symlink_swap_is_reloaded(tmp_path: Path) -> None:
@@ -40,14 +40,14 @@ def test_configmap_symlink_swap_is_reloaded(tmp_path: Path) -> None:
     os.symlink("..v1", tmp_path / "..data")
     os.symlink("..data/c.yaml", tmp_path / "c.yaml")
     holder = ConfigHolder(tmp_path / "c.yaml")
-    assert holder.current.routes.pools == {"pool-a"}
+    assert holder.current.config.pools == ("pool-a",)
 
     (tmp_path / "..v2").mkdir()
     (tmp_path / "..v2" / "c.yaml").write_text(GOOD_B)
     os.symlink("..v2", tmp_path / "..tmp")
     os.replace(tmp_path / "..tmp", tmp_path / "..data")
     assert holder.check() is True
-    assert holder.current.routes.pools == {"pool-b"}
+    assert holder.current.config.pools == ("pool-b",)
 
 
 def test_bad_new_file_keeps_last_good_and_reports(tmp_path: Path) -> None:
@@ -71,5 +71,5 @@ def test_deleted_file_keeps_last_good(tmp_path: Path) -> None:
     holder = ConfigHolder(path)
     path.unlink()
     assert holder.check() is False
-    assert holder.current.routes.pools == {"pool-a"}
+    assert holder.current.config.pools == ("pool-a",)
     assert "cannot read file" in (holder.status.last_error or "")
