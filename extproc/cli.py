@@ -7,6 +7,7 @@ import asyncio
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from extproc.settings import Settings, env_default
 
@@ -73,9 +74,41 @@ def _parser() -> argparse.ArgumentParser:
     n = sub.add_parser("noop-sidecar", help="a do-nothing sidecar (perf baseline): continue everything")
     n.add_argument("--listen", action="append", required=True, help="HOST:PORT or unix:/path")
 
+    _routes_parser(sub)
+
     e = sub.add_parser("envoy-config", help="render envoy/gateway.yaml for given sidecar endpoints")
     e.add_argument("--sidecar", action="append", required=True, help="HOST:PORT or unix:/path")
     return p
+
+
+def _routes_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    r = sub.add_parser("routes", help="the live routing table: get, apply, history, rollback, explain")
+    verbs = r.add_subparsers(dest="verb", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=env_default("CONFIG", ""),
+                        help="the policy file: its routing.pools are the clusters Envoy knows")
+    common.add_argument("--redis-url", default=env_default("REDIS_URL", ""), help="where the live table is")
+    g = verbs.add_parser("get", parents=[common], help="print the current (or a given) version as YAML")
+    g.add_argument("--version", type=int, default=None)
+    g.add_argument("--json", action="store_true", help="the stored record as JSON")
+    a = verbs.add_parser("apply", parents=[common], help="validate a table file, print the diff, publish it")
+    a.add_argument("file")
+    a.add_argument("--dry-run", action="store_true", help="validate and print the diff only")
+    for verb in (a, verbs.add_parser("rollback", parents=[common],
+                                     help="publish an earlier version again, as a new version")):
+        if verb is not a:
+            verb.add_argument("version", type=int)
+            verb.add_argument("--dry-run", action="store_true")
+        verb.add_argument("--reason", required=True, help="why (kept in the history)")
+        verb.add_argument("--author", default=None, help="who (default: user@host)")
+    h = verbs.add_parser("history", parents=[common], help="the versions kept, newest first")
+    h.add_argument("--limit", type=int, default=20)
+    x = verbs.add_parser("explain", parents=[common], help="which entry a request matches, and why")
+    x.add_argument("--tenant", required=True)
+    x.add_argument("--plan", default="")
+    x.add_argument("--class", dest="workload", required=True, help="inference, rag, training, ...")
+    x.add_argument("--model", default=None)
+    x.add_argument("--file", default=None, help="explain against this table file instead of Redis")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 
         asyncio.run(serve(args.listen))
         return 0
+    if args.command == "routes":
+        return _routes(args)
     if args.command == "envoy-config":
         from extproc.devstack.envoy_config import render
 
@@ -127,6 +162,83 @@ def _check_config(path: str, quiet: bool = False) -> int:
         print(f"{path}: ok (version {config.digest[:12]}, {len(config.rules)} rules, "
               f"{len(config.routing.entries)} routes)")
     return 0
+
+
+def _routes(args: argparse.Namespace) -> int:
+    from extproc.config.loader import load_file
+    from extproc.config.reader import ConfigError
+    from extproc.domain.classify import WorkloadClass
+    from extproc.routing import operator as ops
+
+    if not args.config:
+        print("extproc routes: --config FILE (or EXTPROC_CONFIG) is required: its routing.pools say "
+              "which pools Envoy knows", file=sys.stderr)
+        return 2
+    try:
+        config = load_file(args.config)
+        workload = WorkloadClass(args.workload) if args.verb == "explain" else None
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except ValueError:
+        print(f"extproc routes explain: unknown class {args.workload!r} "
+              f"(one of: {', '.join(w.value for w in WorkloadClass)})", file=sys.stderr)
+        return 2
+    if args.verb == "explain" and args.file:
+        try:
+            table = ops.file_table(Path(args.file), config.pools, config.max_fallbacks)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        assert workload is not None
+        return _print(*ops.explain(table, args.tenant, args.plan, workload, args.model))
+    if not args.redis_url:
+        print("extproc routes: --redis-url URL (or EXTPROC_REDIS_URL) is required", file=sys.stderr)
+        return 2
+    return asyncio.run(_routes_redis(args, config, workload))
+
+
+async def _routes_redis(args: argparse.Namespace, config: Any, workload: Any) -> int:
+    from redis.exceptions import RedisError
+
+    from extproc.config.reader import ConfigError
+    from extproc.quota.redis_client import client_from_url
+    from extproc.routing import operator as ops
+    from extproc.routing.store import RouteStore
+
+    client = client_from_url(args.redis_url, 5.0)
+    store = RouteStore(client)
+    author = getattr(args, "author", None) or ops.default_author()
+    try:
+        if args.verb == "get":
+            result = await ops.get(store, args.version, args.json)
+        elif args.verb == "apply":
+            result = await ops.apply(store, config, Path(args.file), args.reason, author, args.dry_run)
+        elif args.verb == "rollback":
+            result = await ops.rollback(store, config, args.version, args.reason, author, args.dry_run)
+        elif args.verb == "history":
+            result = await ops.history(store, args.limit)
+        else:
+            try:
+                table = ops.table_from(await store.get(), config)
+            except ConfigError as exc:
+                result = (1, f"the live table is not valid against {args.config}:\n{exc}")
+            else:
+                result = ops.explain(table, args.tenant, args.plan, workload, args.model)
+    except (OSError, RedisError) as exc:
+        result = (1, f"cannot reach Redis at {_redacted(args.redis_url)}: {exc}")
+    finally:
+        await client.aclose()
+    return _print(*result)
+
+
+def _redacted(url: str) -> str:
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+def _print(code: int, text: str) -> int:
+    print(text, file=sys.stdout if code == 0 else sys.stderr)
+    return code
 
 
 def _serve(args: argparse.Namespace) -> int:

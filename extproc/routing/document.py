@@ -200,4 +200,23 @@ def canonical_json(spec: TableSpec) -> str:
 
 
 def to_yaml(spec: TableSpec) -> str:
-    return yaml.safe_dump(to_document(spec), sort_keys=False, default_flow_style=None, width=100)
+    return yaml_document(to_document(spec))
+
+
+_KEY_ORDER = ("aliases", "draining", "routes", "id", "tenant", "plan", "model", "class", "pool", "pools",
+              "weight", "fallbacks", "rewrite_model")
+
+
+def yaml_document(doc: dict[str, Any]) -> str:
+    """A table document as the YAML an operator edits and gives back to ``routes apply``."""
+    return yaml.safe_dump(_ordered(doc), sort_keys=False, default_flow_style=None, width=100,
+                          allow_unicode=True)
+
+
+def _ordered(value: Any) -> Any:
+    """Keys in reading order (stored JSON has them sorted); aliases keep their own order."""
+    if isinstance(value, list):
+        return [_ordered(v) for v in value]
+    if not isinstance(value, dict) or not set(value) <= set(_KEY_ORDER):
+        return value
+    return {k: _ordered(value[k]) for k in sorted(value, key=_KEY_ORDER.index)}
