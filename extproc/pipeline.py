@@ -160,14 +160,14 @@ class Pipeline:
                 f"(routing table version {table.version})", cls, identity,
             )
         served = route.entry.rewrite_model or model
-        if model != cls.model:  # quota policies match the canonical model, not an alias of it
-            cls = Classification(cls.workload, model, cls.rule)
+        # Quota policies match the canonical model, so an alias cannot dodge a model's limits.
+        quota_cls = cls if model == cls.model else Classification(cls.workload, model, cls.rule)
         upstream_body = body
-        if served != model and body is not None and body.get("model") == model:
+        if served != cls.model and body is not None and body.get("model") == cls.model:
             upstream_body = {**body, "model": served}  # ext_authz cannot rewrite: header only
         # 6. Quota: every applicable limit in ONE Redis call; nothing is consumed on a refusal.
-        ticket = await self._quota.admit(snapshot.quotas, identity, cls, route.entry.id, body, decision_id,
-                                         leases=facts.sees_request_end)
+        ticket = await self._quota.admit(snapshot.quotas, identity, quota_cls, route.entry.id, body,
+                                         decision_id, leases=facts.sees_request_end)
         timer.lap("quota")
         rewrite = _rewrite(facts, body, upstream_body)
         if ticket is None:
@@ -184,8 +184,8 @@ class Pipeline:
         # 7. Refused. A token budget may let the request through with a smaller max_tokens
         #    (ext_proc only: ext_authz cannot rewrite a body).
         if facts.can_rewrite_body:
-            clamped = await self._quota.clamp(snapshot.quotas, identity, cls, route.entry.id, upstream_body,
-                                              decision_id, admission)
+            clamped = await self._quota.clamp(snapshot.quotas, identity, quota_cls, route.entry.id,
+                                              upstream_body, decision_id, admission)
             if clamped is not None:
                 ticket, new_body, field = clamped
                 return allow(decision_id, cls, identity, route, served, quota=ticket,

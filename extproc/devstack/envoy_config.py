@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from extproc.routing.table import failover_chains, failover_cluster
+
 ENVOY_DIR = Path(__file__).resolve().parents[2] / "envoy"
 GATEWAY_TEMPLATE = ENVOY_DIR / "gateway.yaml"
 
@@ -35,17 +37,25 @@ def sidecar_endpoints(addresses: Sequence[str]) -> str:
     return json.dumps(items)
 
 
-def pool_clusters(pools: dict[str, tuple[str, int]]) -> str:
-    """Upstream pool clusters, one flow-style list item per line (indented for ``clusters:``)."""
-    lines = []
+def pool_clusters(pools: dict[str, tuple[str, int]], max_fallbacks: int = 1) -> str:
+    """Upstream pool clusters and their failover clusters, one flow-style list item per line
+    (indented for ``clusters:``)."""
+    clusters: list[dict[str, object]] = []
     for name, (host, port) in pools.items():
-        cluster = {
+        clusters.append({
             "name": name, "type": "STRICT_DNS", "connect_timeout": "1s",
             "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
                 {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}]},
-        }
-        lines.append(f"  - {json.dumps(cluster)}")
-    return "\n".join(lines)
+        })
+    for chain in failover_chains(list(pools), max_fallbacks):
+        # An aggregate cluster: its member clusters become priorities 0, 1, ... in order.
+        clusters.append({
+            "name": failover_cluster(chain), "connect_timeout": "1s", "lb_policy": "CLUSTER_PROVIDED",
+            "cluster_type": {"name": "envoy.clusters.aggregate", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig",
+                "clusters": list(chain)}},
+        })
+    return "\n".join(f"  - {json.dumps(cluster)}" for cluster in clusters)
 
 
 def render(
@@ -60,6 +70,7 @@ def render(
     otlp: tuple[str, int] = ("127.0.0.1", 4317),
     trace_sampling_percent: float = 100.0,
     pools: dict[str, tuple[str, int]] | None = None,
+    max_fallbacks: int = 1,
 ) -> str:
     """The gateway bootstrap. ``pools`` default to the demo's pool-a and pool-b on loopback."""
     p = asdict(ports or EnvoyPorts())
@@ -70,7 +81,8 @@ def render(
         "ADMIN_PORT": p["admin"],
         "OPS_PORT": p["ops"],
         "POOL_CLUSTERS": pool_clusters(pools or {"pool-a": ("127.0.0.1", p["pool_a"]),
-                                                 "pool-b": ("127.0.0.1", p["pool_b"])}),
+                                                 "pool-b": ("127.0.0.1", p["pool_b"])}, max_fallbacks),
+        "MAX_FALLBACKS": max(1, max_fallbacks),
         "SIDECAR_ENDPOINTS": sidecar_endpoints(sidecars),
         "BUFFER_LIMIT_BYTES": buffer_limit_bytes,
         "MESSAGE_TIMEOUT": message_timeout,

@@ -4,7 +4,8 @@ Every response names the pool in ``x-demo-pool`` and echoes the ``x-extproc-*``
 headers that reached it in ``x-demo-extproc-headers`` (JSON), so a person or a
 test can see what the gateway sent upstream. ``x-demo-hold: TOKEN`` on a streaming
 request pauses the stream after its first event until ``POST /__demo/release/TOKEN``;
-``x-demo-status: 503`` makes the pool answer that status instead.
+``x-demo-status: 503`` makes the pool answer that status instead; with
+``x-demo-status-pools: pool-a,pool-c`` only the pools named there do (fallback tests).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class DemoPool:
         async def fail_on_request(request: web.Request, handler):  # type: ignore[no-untyped-def]
             # ``x-demo-status: 500`` makes the pool fail that request (for failure tests).
             status = request.headers.get("x-demo-status", "")
+            only = request.headers.get("x-demo-status-pools")
+            if only is not None and self.name not in only.split(","):
+                status = ""
             if status.isdigit() and 400 <= int(status) <= 599:
                 await request.read()
                 return web.json_response({"error": {"message": f"demo failure {status}"}},

@@ -183,6 +183,7 @@ class RouteSync:
             except Exception as exc:
                 self.state = replace(self.state, pubsub=False)
                 log.debug("routing pub/sub lost; retrying", extra={"error": repr(exc)})
+                await self.refresh()  # a lost connection is news: check (and report) at once
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:

@@ -22,6 +22,7 @@ version is swapped in by reference.
 from __future__ import annotations
 
 import bisect
+import itertools
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,11 @@ CHAIN_SEPARATOR = "~"
 def failover_cluster(chain: Sequence[str]) -> str:
     """The Envoy cluster for a pool and its ordered fallbacks (the pool itself if none)."""
     return CHAIN_SEPARATOR.join(chain)
+
+
+def failover_chains(pools: Sequence[str], max_fallbacks: int) -> list[tuple[str, ...]]:
+    """Every ordered chain of a pool and 1..max_fallbacks others: Envoy needs a cluster for each."""
+    return [chain for n in range(2, max_fallbacks + 2) for chain in itertools.permutations(pools, n)]
 
 
 @dataclass(frozen=True, slots=True)

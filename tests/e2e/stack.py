@@ -20,8 +20,9 @@ from extproc.devstack.envoy_config import EnvoyPorts, render
 from extproc.devstack.issuer import build_issuer_app
 from extproc.devstack.keys import DEFAULT_ISSUER, KeyStore, SigningKey, mint_token
 from extproc.devstack.upstream import DemoPool
+from extproc.settings import offset_address
 from tests.redis_server import RedisServer
-from tests.support import Child, envoy_binary, free_port, sidecar_command, wait_http
+from tests.support import Child, envoy_binary, free_port, free_port_block, sidecar_command, wait_http
 
 
 class PoolsThread:
@@ -138,8 +139,9 @@ class Stack:
 
 
 def start_stack(tmp: Path, sidecar_uds: bool = False, config_text: str | None = None,
-                otlp_port: int | None = None, sidecar_args: tuple[str, ...] = ()) -> Stack:
-    """The whole gateway. ``otlp_port``: a collector there receives Envoy's and the sidecar's spans."""
+                otlp_port: int | None = None, sidecar_args: tuple[str, ...] = (), workers: int = 1) -> Stack:
+    """The whole gateway. ``otlp_port``: a collector there receives Envoy's and the sidecar's spans.
+    ``workers``: sidecar processes (``--workers``); their admin addresses are ``stack.sidecar_admins``."""
     ports = EnvoyPorts(ext_proc=free_port(), ext_authz=free_port(), admin=free_port(),
                        pool_a=free_port(), pool_b=free_port(), ops=free_port())
     issuer = f"http://127.0.0.1:{free_port()}"
@@ -155,9 +157,11 @@ def start_stack(tmp: Path, sidecar_uds: bool = False, config_text: str | None = 
     os.symlink("..v1", tmp / "..data")
     config_path = tmp / "policy.yaml"
     os.symlink("..data/policy.yaml", config_path)
-    sidecar = f"unix:{tmp / 'extproc.sock'}" if sidecar_uds else f"127.0.0.1:{free_port()}"
-    admin = f"127.0.0.1:{free_port()}"
-    stack = Stack(tmp, ports, [sidecar], config_path, issuer, keys)
+    sidecar = f"unix:{tmp / 'extproc.sock'}" if sidecar_uds else f"127.0.0.1:{free_port_block(workers)}"
+    admin = f"127.0.0.1:{free_port_block(workers)}"
+    admins = [offset_address(admin, i) for i in range(workers)] if workers > 1 else [admin]
+    sidecars = [offset_address(sidecar, i) for i in range(workers)] if workers > 1 else [sidecar]
+    stack = Stack(tmp, ports, sidecars, config_path, issuer, keys)
     try:
         stack.redis = RedisServer(tmp / "redis").start()
         stack.pools = PoolsThread({"pool-a": ports.pool_a, "pool-b": ports.pool_b},
@@ -167,9 +171,11 @@ def start_stack(tmp: Path, sidecar_uds: bool = False, config_text: str | None = 
         sc = Child("sidecar", sidecar_command(config_path, [sidecar], admin, "--drain-seconds", "1",
                                               "--redis-url", stack.redis.url,
                                               # generous for a loaded 2-core CI box; prod default 50
-                                              "--redis-timeout-ms", "250", *sidecar_args), tmp, env)
+                                              "--redis-timeout-ms", "250", "--workers", str(workers),
+                                              *sidecar_args), tmp, env)
         stack.children.append(sc)
-        wait_http(f"http://{admin}/readyz", proc=sc.proc)
+        for address in admins:
+            wait_http(f"http://{address}/readyz", proc=sc.proc)
         envoy_yaml = tmp / "envoy.yaml"
         envoy_yaml.write_text(render(stack.sidecars, ports, access_log_path=str(tmp / "access.log"),
                                      buffer_limit_bytes=(1 << 20) + (64 << 10),
@@ -185,6 +191,7 @@ def start_stack(tmp: Path, sidecar_uds: bool = False, config_text: str | None = 
                 raise TimeoutError("gateway did not route a request in 20s")
             time.sleep(0.1)
         stack.sidecar_admin = admin  # type: ignore[attr-defined]
+        stack.sidecar_admins = admins  # type: ignore[attr-defined]
     except BaseException:
         stack.stop()
         raise
