@@ -4,6 +4,7 @@ validated by Envoy, the policy inside it by the sidecar's own loader."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from extproc.config.loader import parse
+from extproc.devstack.envoy_config import pool_clusters
 from tests.support import envoy_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +42,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
                                        "whenUnsatisfiable": "ScheduleAnyway",
                                        "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "extproc"}}}],
+    },
+    "three-pools-two-fallbacks": {
+        "pools": [{"name": n, "host": f"{n}.models", "port": 8000} for n in ("pool-a", "pool-b", "pool-c")],
+        "policy": {"routing": {"pools": ["pool-a", "pool-b", "pool-c"], "max_fallbacks": 2,
+                               "routes": [{"id": "all", "pool": "pool-a", "fallbacks": ["pool-b", "pool-c"]}]}},
     },
     "no-autoscaling": {"autoscaling": {"enabled": False}, "replicaCount": 3,
                        "podDisruptionBudget": {"enabled": False}, "networkPolicy": {"enabled": False}},
@@ -91,7 +98,8 @@ def test_helm_lint_is_clean() -> None:
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
 
-@pytest.mark.parametrize("variant", ["default", "tcp-one-worker", "uds-one-worker", "monitoring"])
+@pytest.mark.parametrize("variant", ["default", "tcp-one-worker", "uds-one-worker", "monitoring",
+                                     "three-pools-two-fallbacks"])
 def test_envoy_config_in_the_chart_passes_envoy_validate(variant: str, tmp_path: Path) -> None:
     docs = render(VARIANTS[variant])
     envoy_cm = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-envoy"))
@@ -112,8 +120,17 @@ def test_envoy_config_in_the_chart_passes_envoy_validate(variant: str, tmp_path:
     else:
         expected = "/run/extproc/ext.sock" if workers == 1 else "/run/extproc/ext-0.sock"
         assert endpoints[0]["endpoint"]["address"]["pipe"]["path"] == expected
-    pools = {c["name"] for c in config["static_resources"]["clusters"]} - {"extproc", "otel_collector", "envoy_admin"}
-    assert pools == {"pool-a", "pool-b"}
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    pools = {n: c for n, c in clusters.items() if n not in {"extproc", "otel_collector", "envoy_admin"}}
+    # The pools, and the same failover clusters the sidecar names (and `extproc envoy-config` renders).
+    names = [p["name"] for p in VARIANTS[variant].get("pools", [{"name": "pool-a"}, {"name": "pool-b"}])]
+    depth = VARIANTS[variant].get("policy", {}).get("routing", {}).get("max_fallbacks", 1)
+    expected = [json.loads(line.removeprefix("  - ")) for line in pool_clusters(
+        {n: ("h", 1) for n in names}, depth).splitlines()]
+    assert set(pools) == {c["name"] for c in expected}
+    for cluster in expected:
+        if "cluster_type" in cluster:
+            assert pools[cluster["name"]] == cluster
     # The admin (which can stop Envoy) stays on loopback; probes and scrapers use "ops".
     assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
     ops = next(li for li in config["static_resources"]["listeners"] if li["name"] == "ops")

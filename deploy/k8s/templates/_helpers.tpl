@@ -25,6 +25,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{/* The Envoy bootstrap: envoy/gateway.yaml (copied to files/) with its placeholders filled. */}}
+{{- define "extproc.failoverCluster" -}}
+{{- toJson (dict "name" (join "~" .) "connect_timeout" "1s" "lb_policy" "CLUSTER_PROVIDED" "cluster_type" (dict "name" "envoy.clusters.aggregate" "typed_config" (dict "@type" "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig" "clusters" .))) -}}
+{{- end -}}
+
 {{- define "extproc.envoyConfig" -}}
 {{- $v := .Values -}}
 {{- $endpoints := list -}}
@@ -41,6 +45,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $cluster := dict "name" $p.name "type" "STRICT_DNS" "connect_timeout" "1s" "load_assignment" (dict "cluster_name" $p.name "endpoints" (list (dict "lb_endpoints" (list (dict "endpoint" (dict "address" (dict "socket_address" (dict "address" $p.host "port_value" (int $p.port))))))))) -}}
 {{- $pools = append $pools (printf "  - %s" (toJson $cluster)) -}}
 {{- end -}}
+{{- /* Failover clusters (envoy/README.md "Fallbacks"): one per ordered chain of a pool and up
+       to policy.routing.max_fallbacks others, named pool~fallback, as the sidecar names them. */ -}}
+{{- $depth := int (dig "routing" "max_fallbacks" 1 $v.policy) -}}
+{{- if gt $depth 2 -}}{{- fail "policy.routing.max_fallbacks: the chart generates failover clusters for at most 2" -}}{{- end -}}
+{{- if ge $depth 1 -}}
+{{- range $a := $v.pools -}}{{- range $b := $v.pools -}}{{- if ne $a.name $b.name -}}
+{{- $pools = append $pools (printf "  - %s" (include "extproc.failoverCluster" (list $a.name $b.name))) -}}
+{{- if ge $depth 2 -}}{{- range $c := $v.pools -}}{{- if and (ne $c.name $a.name) (ne $c.name $b.name) -}}
+{{- $pools = append $pools (printf "  - %s" (include "extproc.failoverCluster" (list $a.name $b.name $c.name))) -}}
+{{- end -}}{{- end -}}{{- end -}}
+{{- end -}}{{- end -}}{{- end -}}
+{{- end -}}
 {{- $cfg := .Files.Get "files/gateway.yaml" -}}
 {{- $cfg = replace "${LISTEN_ADDRESS}" "0.0.0.0" $cfg -}}
 {{- $cfg = replace "${EXT_PROC_PORT}" (toString $v.envoy.port) $cfg -}}
@@ -56,5 +72,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $cfg = replace "${TRACE_SAMPLING_PERCENT}" (toString (ternary $v.envoy.traceSamplingPercent 0 (ne $v.otel.endpoint ""))) $cfg -}}
 {{- $cfg = replace "${SIDECAR_ENDPOINTS}" (toJson $endpoints) $cfg -}}
 {{- $cfg = replace "${POOL_CLUSTERS}" (join "\n" $pools) $cfg -}}
+{{- $cfg = replace "${MAX_FALLBACKS}" (toString (max 1 $depth)) $cfg -}}
 {{- $cfg -}}
 {{- end -}}
