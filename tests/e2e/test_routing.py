@@ -72,6 +72,13 @@ def test_fallback_pool_answers_when_the_first_fails(stack: Stack) -> None:
     resp = stack.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini"}, headers=fail_a)
     assert resp.status == 200 and resp.headers["x-demo-pool"] == "pool-b"
     assert seen(resp)["x-extproc-upstream"] == "pool-a~pool-b" and seen(resp)["x-extproc-route"] == "mini"
+    deadline = time.monotonic() + 10
+    while not (logged := [e for e in stack.access_log() if e["decision_id"] == resp.headers["x-extproc-decision-id"]]):
+        assert time.monotonic() < deadline, "no access log line"
+        time.sleep(0.1)
+    assert (logged[0]["upstream"], logged[0]["route"], logged[0]["route_version"]) == ("pool-a~pool-b", "mini", "2")
+    assert (logged[0]["upstream_cluster"], logged[0]["attempts"]) == ("pool-a~pool-b", 2)
+    assert logged[0]["upstream_host"].endswith(f":{stack.ports.pool_b}")  # the pool that answered
     limited = stack.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini"},
                             headers={"x-demo-status": "429", "x-demo-status-pools": "pool-a"})
     assert limited.status == 200 and limited.headers["x-demo-pool"] == "pool-b"

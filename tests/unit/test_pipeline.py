@@ -81,7 +81,43 @@ async def test_no_route_is_a_clear_404() -> None:
     p = pipeline(b"routing: {pools: [p], routes: [{model: only-this, pool: p}]}")
     out = await decide(p, facts(), {"model": "gpt-4o"})
     assert out.reason is Reason.NO_ROUTE and out.status == 404
-    assert "model=gpt-4o" in out.message
+    assert "model=gpt-4o" in out.message and "routing table version 0" in out.message
+
+
+ALIASED = b"""
+routing:
+  pools: [p, q]
+  aliases: {gpt-4o: gpt-4o-2024-08-06}
+  routes:
+    - {id: pinned, model: gpt-4o-2024-08-06, pool: p, fallbacks: [q], rewrite_model: gpt-4o-2024-11-20}
+quotas:
+  policies:
+    - {name: pinned-model, match: {model: gpt-4o-2024-08-06}, requests: {limit: 1, per: minute},
+       on_store_failure: local}
+"""
+
+
+async def test_alias_route_rewrite_and_fallback_reach_the_decision() -> None:
+    p = pipeline(ALIASED)
+    ext_proc = RequestFacts("POST", "/v1/chat/completions", "gw", {}, False, "default", can_rewrite_body=True)
+    out = await decide(p, ext_proc, {"model": "gpt-4o", "max_tokens": 5})
+    assert out.allowed and out.route == "pinned" and out.route_version == 0
+    assert (out.upstream, out.retries) == ("p~q", 1)
+    assert out.model == "gpt-4o" and out.model_served == "gpt-4o-2024-11-20"
+    assert json.loads(out.body_rewrite) == {"model": "gpt-4o-2024-11-20", "max_tokens": 5}
+    headers = dict(out.upstream_headers())
+    assert headers["x-extproc-model-served"] == "gpt-4o-2024-11-20" and headers["x-envoy-max-retries"] == "1"
+    assert out.metadata()["route_version"] == "0"
+    # The quota policy names the canonical model: the alias does not get around it.
+    again = await decide(p, ext_proc, {"model": "gpt-4o"})
+    assert again.reason is Reason.RATE_LIMITED and again.policy == "pinned-model"
+
+
+async def test_ext_authz_cannot_rewrite_the_body_but_still_names_the_served_model() -> None:
+    p = pipeline(ALIASED.replace(b"limit: 1,", b"limit: 100,"))
+    f = RequestFacts("POST", "/v1/chat/completions", "gw", {}, False, "default", can_rewrite_body=False)
+    out = await decide(p, f, {"model": "gpt-4o"})
+    assert out.allowed and out.body_rewrite is None and out.model_served == "gpt-4o-2024-11-20"
 
 
 async def test_oversized_or_truncated_body_is_413() -> None:
