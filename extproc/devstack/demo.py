@@ -181,6 +181,10 @@ Try:
   # 403 insufficient_scope: mint with --scope inference --scope training to pass
   curl -si http://127.0.0.1:{e.ext_proc}/no/such/api -H "authorization: Bearer $TOKEN"  # 404
   curl -s -X POST {self.issuer}/rotate     # rotate the issuer's signing key
+  export EXTPROC_CONFIG={self.config} EXTPROC_REDIS_URL=redis://127.0.0.1:{self.ports.redis}/0
+  .venv/bin/extproc routes get > table.yaml   # edit it (move gpt-4o-mini to pool-b), then:
+  .venv/bin/extproc routes apply table.yaml --reason "try it"   # live within a second
+  .venv/bin/extproc routes explain --tenant acme --class inference --model gpt-4o
   FREE=$(.venv/bin/extproc token --tenant globex --plan free{issuer_flag})   # 60 requests/min
   for i in $(seq 65); do curl -s -o /dev/null -w '%{{http_code}} ' -H "authorization: Bearer $FREE" \
     http://127.0.0.1:{e.ext_proc}/v1/models; done; echo   # ...200s, then 429s
