@@ -116,6 +116,7 @@ class DecisionObserver:
                 "workload_class": decision.workload.value,
                 "model": decision.model,
                 "route": decision.route,
+                "route_version": decision.route_version,
                 "upstream": decision.upstream,
                 "adapter": self._adapter,
             },

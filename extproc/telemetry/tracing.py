@@ -95,6 +95,7 @@ class DecisionSpan:
             "extproc.reason": decision.reason.value,
             "extproc.workload_class": decision.workload.value,
             "extproc.route": decision.route or "",
+            "extproc.route_version": -1 if decision.route_version is None else decision.route_version,
             "extproc.upstream": decision.upstream or "",
             "gen_ai.request.model": decision.model or "",
         })
