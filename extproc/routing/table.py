@@ -63,7 +63,18 @@ class RouteEntry:
     fallbacks: tuple[str, ...] = ()
 
     def matches(self, workload: WorkloadClass, model: str | None, tenant: str, plan: str) -> bool:
-        return self.mismatch(workload, model, tenant, plan) is None
+        """The hot-path test (``mismatch`` says the same in words, for explain)."""
+        if (self.tenant is not None and tenant != self.tenant) or (self.plan is not None and plan != self.plan):
+            return False
+        if self.workload is not None and workload is not self.workload:
+            return False
+        if self.model is None:
+            return True
+        if model is None:
+            return False
+        if self.model.endswith("*"):
+            return model.startswith(self.model[:-1])
+        return model == self.model
 
     def mismatch(self, workload: WorkloadClass, model: str | None, tenant: str, plan: str) -> str | None:
         """Why this entry does not match (None: it matches). Used by lookups and by explain."""
