@@ -92,6 +92,12 @@ def test_fallback_pool_answers_when_the_first_fails(stack: Stack) -> None:
     assert stack.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini"}).headers["x-demo-pool"] == "pool-a"
 
 
+def test_fallback_on_the_ext_authz_listener(stack: Stack) -> None:
+    resp = stack.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini"}, port=stack.ports.ext_authz,
+                         headers={"x-demo-status": "503", "x-demo-status-pools": "pool-a"})
+    assert resp.status == 200 and resp.headers["x-demo-pool"] == "pool-b"
+
+
 @pytest.mark.parametrize("listener", ["ext_proc", "ext_authz"])
 def test_alias_and_model_rewrite(stack: Stack, listener: str) -> None:
     version = apply(stack, BASE + """
