@@ -64,7 +64,9 @@ class RouteEntry:
 
     def matches(self, workload: WorkloadClass, model: str | None, tenant: str, plan: str) -> bool:
         """The hot-path test (``mismatch`` says the same in words, for explain)."""
-        if (self.tenant is not None and tenant != self.tenant) or (self.plan is not None and plan != self.plan):
+        if self.tenant is not None and tenant != self.tenant:
+            return False
+        if self.plan is not None and plan != self.plan:
             return False
         if self.workload is not None and workload is not self.workload:
             return False
