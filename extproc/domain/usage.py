@@ -1,4 +1,5 @@
 """Token usage as the model reported it, from a complete JSON response body (pure).
+Streamed (SSE) responses: ``domain.sse_usage``.
 
 OpenAI-compatible chat/completions and embeddings (``usage.prompt_tokens``,
 ``completion_tokens``, ``total_tokens``, ``prompt_tokens_details.cached_tokens``,
@@ -41,7 +42,11 @@ def usage_from_json(body: bytes) -> Usage | None:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    usage = doc.get("usage") if isinstance(doc, dict) else None
+    return usage_from_object(doc.get("usage") if isinstance(doc, dict) else None)
+
+
+def usage_from_object(usage: Any) -> Usage | None:
+    """A ``usage`` object of any of the APIs above (None if it is not one)."""
     if not isinstance(usage, dict):
         return None
     prompt = _int(usage.get("prompt_tokens"))

@@ -1,0 +1,147 @@
+"""Token usage from a streamed (SSE) response, read chunk by chunk as it passes (pure).
+
+Where each API puts the usage of a stream:
+
+- OpenAI chat/completions: a last chunk with ``"choices": []`` and ``"usage": {...}``, sent
+  only when the request asked for ``stream_options.include_usage``; then ``data: [DONE]``.
+- OpenAI Responses API: the ``response.completed`` (or ``response.incomplete`` /
+  ``response.failed``) event's ``response.usage``.
+- Anthropic Messages: ``message_start`` carries ``message.usage`` (input tokens, cache reads),
+  each ``message_delta`` the cumulative ``usage.output_tokens``.
+
+Chunks from the proxy split events (and UTF-8 characters) anywhere: bytes are buffered up to
+the next blank line and only complete events are decoded. Text deltas are counted as they pass,
+so a stream that ends without its usage (client gone, upstream reset, usage never asked for)
+still yields an estimate of what was generated.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from extproc.domain.usage import Usage, usage_from_object
+
+#: An event larger than this is dropped unread (its bytes still pass to the client).
+MAX_EVENT_BYTES = 1 << 20
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+#: The usual rough rule: about four characters of English text per token.
+CHARS_PER_TOKEN = 4
+
+
+@dataclass(frozen=True, slots=True)
+class StreamUsage:
+    """What a stream reported (``usage``), or what it showed of itself (``seen_*``)."""
+
+    usage: Usage | None
+    #: ``data: [DONE]`` or a terminal event arrived: the stream ended as the API ends it.
+    completed: bool
+    events: int
+    seen_text_chars: int
+
+    @property
+    def estimated_completion_tokens(self) -> int:
+        """Completion tokens guessed from the text seen (for streams without a usage)."""
+        return -(-self.seen_text_chars // CHARS_PER_TOKEN)
+
+
+class SseUsageReader:
+    """Feed every response body chunk in order with ``feed``; ``result()`` at any time."""
+
+    __slots__ = ("_buffer", "_completed", "_events", "_input", "_output", "_overflow", "_text", "_usage")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._overflow = False
+        self._usage: Usage | None = None
+        self._input: Usage | None = None  # Anthropic: message_start's usage, before the deltas
+        self._output: int | None = None
+        self._completed = False
+        self._events = 0
+        self._text = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        start = 0
+        for end in _EVENT_END.finditer(self._buffer):
+            if not self._overflow:
+                self._event(bytes(self._buffer[start:end.start()]))
+            self._overflow = False
+            start = end.end()
+        del self._buffer[:start]
+        if len(self._buffer) > MAX_EVENT_BYTES:  # an absurd event: skip to its end
+            self._buffer.clear()
+            self._overflow = True
+
+    def result(self, end_of_stream: bool = False) -> StreamUsage:
+        """What was seen. ``end_of_stream``: the body is complete, read a last unterminated event."""
+        if end_of_stream and self._buffer and not self._overflow:
+            self._event(bytes(self._buffer))
+            self._buffer.clear()
+        usage = self._usage
+        if usage is None and self._input is not None:
+            usage = Usage(self._input.prompt_tokens, self._output or self._input.completion_tokens,
+                          self._input.cached_tokens)
+        return StreamUsage(usage, self._completed, self._events, self._text)
+
+    def _event(self, raw: bytes) -> None:
+        data = []
+        for line in raw.splitlines():
+            if line.startswith(b"data:"):
+                data.append(line[5:].removeprefix(b" "))
+        if not data:
+            return  # comments (": keep-alive"), bare event/id lines
+        payload = b"\n".join(data)
+        self._events += 1
+        if payload == b"[DONE]":
+            self._completed = True
+            return
+        try:
+            doc = json.loads(payload)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return
+        if isinstance(doc, dict):
+            self._read(doc)
+
+    def _read(self, doc: dict[str, Any]) -> None:
+        kind = doc.get("type")
+        if kind is None:  # OpenAI chat/completions chunk
+            for choice in doc.get("choices") or ():
+                if isinstance(choice, dict):
+                    self._count_text(choice.get("delta"), "content")
+                    self._count_text(choice, "text")  # completions
+            if doc.get("usage") is not None:
+                self._usage = usage_from_object(doc["usage"]) or self._usage
+            return
+        if not isinstance(kind, str):
+            return
+        if kind.startswith("response."):  # Responses API
+            if kind == "response.output_text.delta":
+                self._count_text(doc, "delta")
+            elif kind in ("response.completed", "response.incomplete", "response.failed"):
+                self._completed = True
+                response = doc.get("response")
+                if isinstance(response, dict):
+                    self._usage = usage_from_object(response.get("usage")) or self._usage
+            return
+        if kind == "message_start":  # Anthropic
+            message = doc.get("message")
+            if isinstance(message, dict):
+                self._input = usage_from_object(message.get("usage"))
+        elif kind == "content_block_delta":
+            self._count_text(doc.get("delta"), "text")
+        elif kind == "message_delta":
+            usage = doc.get("usage")
+            out = usage.get("output_tokens") if isinstance(usage, dict) else None
+            if isinstance(out, int) and not isinstance(out, bool) and out >= 0:
+                self._output = out
+        elif kind == "message_stop":
+            self._completed = True
+
+    def _count_text(self, holder: Any, field: str) -> None:
+        if isinstance(holder, dict):
+            text = holder.get(field)
+            if isinstance(text, str):
+                self._text += len(text)
