@@ -23,12 +23,14 @@ from extproc.domain.facts import RequestFacts
 from extproc.domain.identity import ANONYMOUS, Identity
 from extproc.domain.ids import new_decision_id
 from extproc.domain.reasons import Reason
+from extproc.domain.sse_usage import StreamUsage
 from extproc.domain.usage import usage_from_json
 from extproc.identity.authenticator import IdentityUnavailable
 from extproc.identity.base import Authenticator
 from extproc.identity.tokens import TokenError
 from extproc.quota import headers as quota_headers
-from extproc.quota.service import QuotaService
+from extproc.quota.recipe import SettleRecipe
+from extproc.quota.service import QuotaService, QuotaTicket
 from extproc.routing.table import RoutingTable
 from extproc.telemetry.timing import PhaseTimer
 
@@ -165,6 +167,9 @@ class Pipeline:
         upstream_body = body
         if served != cls.model and body is not None and body.get("model") == cls.model:
             upstream_body = {**body, "model": served}  # ext_authz cannot rewrite: header only
+        streamed = facts.can_rewrite_body and body is not None and body.get("stream") is True
+        if streamed and upstream_body is not None and _asks_no_stream_usage(facts.path, upstream_body):
+            upstream_body = _ask_stream_usage(upstream_body)
         # 6. Quota: every applicable limit in ONE Redis call; nothing is consumed on a refusal.
         ticket = await self._quota.admit(snapshot.quotas, identity, quota_cls, route.entry.id, body,
                                          decision_id, leases=facts.sees_request_end)
@@ -180,7 +185,8 @@ class Pipeline:
         if admission.blocking is None:
             return allow(decision_id, cls, identity, route, served, quota=ticket,
                          response_headers=tuple(quota_headers.allowed(admission)),
-                         degraded=admission.degraded, body_rewrite=rewrite)
+                         degraded=admission.degraded, body_rewrite=rewrite,
+                         usage_recipe=self._usage_recipe(streamed, snapshot, ticket, decision_id, body))
         # 7. Refused. A token budget may let the request through with a smaller max_tokens
         #    (ext_proc only: ext_authz cannot rewrite a body).
         if facts.can_rewrite_body:
@@ -191,16 +197,45 @@ class Pipeline:
                 return allow(decision_id, cls, identity, route, served, quota=ticket,
                              response_headers=(*quota_headers.allowed(ticket.admission),
                                                ("x-extproc-max-tokens-clamped", str(new_body[field]))),
-                             body_rewrite=json.dumps(new_body, separators=(",", ":")).encode())
+                             body_rewrite=json.dumps(new_body, separators=(",", ":")).encode(),
+                             usage_recipe=self._usage_recipe(streamed, snapshot, ticket, decision_id,
+                                                             new_body))
         reason, message, headers, details = quota_headers.denial(admission)
         return deny(decision_id, reason, message, cls, identity, headers=tuple(headers),
                     policy=admission.blocking.limit.policy.name, details=tuple(details.items()),
                     degraded=admission.degraded)
 
+    def _usage_recipe(self, streamed: bool, snapshot: Snapshot, ticket: QuotaTicket, decision_id: str,
+                      body: Mapping[str, Any] | None) -> str | None:
+        """A streamed response's usage is read by the usage filter's stream: it settles with this."""
+        if not streamed:
+            return None
+        recipe = self._quota.recipe(snapshot.quotas, ticket, decision_id, body)
+        return recipe.to_json() if recipe else None
+
     async def response_tokens(self, raw: bytes) -> int | None:
         """Tokens a complete JSON response reports in its ``usage`` (None: keep the estimate)."""
         usage = await _off_loop_if_large(usage_from_json, raw)
         return usage.total_tokens if usage else None
+
+    async def settle_streamed(self, recipe_json: str, seen: StreamUsage, status: int) -> tuple[int, str]:
+        """A streamed response ended (well or not): settle with what it used, once.
+
+        Reported usage when the stream carried it; a failed upstream answer (4xx/5xx) did no
+        work and is charged nothing; otherwise (client gone, upstream reset, no usage chunk)
+        the prompt's share of the reservation plus the completion seen, flagged estimated,
+        never zero. Returns (tokens charged, source); source ``already_settled`` when the
+        admitting stream settled first (it waits a grace period for this one).
+        """
+        recipe = SettleRecipe.from_json(recipe_json)
+        if status >= 400:
+            actual, source = 0, "upstream_error"
+        elif seen.usage is not None:
+            actual, source = seen.usage.total_tokens, "reported"
+        else:
+            actual, source = max(1, recipe.prompt_tokens + seen.estimated_completion_tokens), "estimated"
+        settled = await self._quota.settle_recipe(recipe, actual)
+        return actual, source if settled else "already_settled"
 
     async def settle(self, decision: Decision, actual_tokens: int | None = None) -> None:
         """The request is over: release its lease, true up its reservation (once)."""
@@ -227,6 +262,21 @@ def _rewrite(facts: RequestFacts, body: Mapping[str, Any] | None,
     if upstream_body is body or not facts.can_rewrite_body:
         return None
     return json.dumps(upstream_body, separators=(",", ":")).encode()
+
+
+def _asks_no_stream_usage(path: str, body: Mapping[str, Any]) -> bool:
+    """An OpenAI (chat) completions stream that did not ask for its usage."""
+    if not path.split("?", 1)[0].endswith("/completions"):
+        return False
+    options = body.get("stream_options")
+    return not (isinstance(options, dict) and options.get("include_usage") is True)
+
+
+def _ask_stream_usage(body: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenAI streams report usage only when asked (a last chunk with empty choices): ask."""
+    options = body.get("stream_options")
+    options = options if isinstance(options, dict) else {}
+    return {**body, "stream_options": {**options, "include_usage": True}}
 
 
 def _json_body_follows(facts: RequestFacts) -> bool:

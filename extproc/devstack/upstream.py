@@ -108,9 +108,11 @@ class DemoPool:
         final = {"id": rid, "object": "chat.completion.chunk", "model": model,
                  "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
         await resp.write(f"data: {json.dumps(final)}\n\n".encode())
-        usage_chunk = {"id": rid, "object": "chat.completion.chunk", "model": model, "choices": [],
-                       "usage": usage}
-        await resp.write(f"data: {json.dumps(usage_chunk)}\n\n".encode())
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:  # as OpenAI: if asked
+            usage_chunk = {"id": rid, "object": "chat.completion.chunk", "model": model, "choices": [],
+                           "usage": usage}
+            await resp.write(f"data: {json.dumps(usage_chunk)}\n\n".encode())
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp

@@ -48,6 +48,9 @@ class Decision:
     degraded: str | None = None
     #: A new request body for the upstream (e.g. ``max_tokens`` clamped to the budget left).
     body_rewrite: bytes | None = None
+    #: A streamed response whose usage another ext_proc stream reads (the "usage" filter,
+    #: envoy/README.md): how that stream settles the quota (``quota.recipe.SettleRecipe`` JSON).
+    usage_recipe: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -73,6 +76,8 @@ class Decision:
             # x-envoy-max-retries bounds the retries to this chain's length (envoy/README.md).
             headers.append(("x-extproc-failover", str(self.retries)))
             headers.append(("x-envoy-max-retries", str(self.retries)))
+        if self.usage_recipe:
+            headers.append(("x-extproc-usage", "stream"))  # routes to the usage filter (envoy/README.md)
         if self.tenant:
             headers.append(("x-extproc-tenant", self.tenant))
         if self.model:
@@ -96,6 +101,7 @@ class Decision:
             ("route_version", None if self.route_version is None else str(self.route_version)),
             ("model_served", self.model_served),
             ("rule", self.rule),
+            ("settle", self.usage_recipe),
         ):
             if value:
                 meta[key] = value
@@ -135,7 +141,7 @@ class Decision:
 def allow(
     decision_id: str, cls: Classification, identity: Identity, route: Route, model_served: str | None,
     quota: Any = None, response_headers: tuple[tuple[str, str], ...] = (),
-    degraded: str | None = None, body_rewrite: bytes | None = None,
+    degraded: str | None = None, body_rewrite: bytes | None = None, usage_recipe: str | None = None,
 ) -> Decision:
     return Decision(
         decision_id=decision_id,
@@ -153,6 +159,7 @@ def allow(
         quota=quota,
         degraded=degraded,
         body_rewrite=body_rewrite,
+        usage_recipe=usage_recipe,
     )
 
 

@@ -48,6 +48,23 @@ def response_is_json(headers: pb.HttpHeaders) -> bool:
     return values.get(":status") == "200" and values.get("content-type", "").startswith("application/json")
 
 
+def response_status(headers: pb.HttpHeaders) -> int:
+    for h in headers.headers.headers:
+        if h.key == ":status":
+            value = header_value(h)
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
+def forwarded_metadata(request: pb.ProcessingRequest, key: str) -> str | None:
+    """A value of our dynamic metadata that Envoy forwarded to this stream
+    (``metadata_options.forwarding_namespaces``: the usage filter gets the decision's)."""
+    namespace = request.metadata_context.filter_metadata.get(METADATA_NAMESPACE)
+    if namespace is None or key not in namespace.fields:
+        return None
+    return namespace.fields[key].string_value or None
+
+
 def request_facts(headers: pb.HttpHeaders, listener: str) -> RequestFacts:
     return facts_from_pairs(
         ((h.key, header_value(h)) for h in headers.headers.headers), headers.end_of_stream, listener,

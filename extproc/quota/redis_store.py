@@ -16,7 +16,8 @@ from redis import exceptions as redis_errors
 
 from extproc.quota.breaker import CircuitBreaker
 from extproc.quota.plan import Limit, QuotaPlan
-from extproc.quota.store import Admission, LimitState, StoreUnavailable, admits_later, states_from_reply
+from extproc.quota.recipe import SettleLimit, SettleRecipe
+from extproc.quota.store import Admission, StoreUnavailable, admits_later, states_from_reply
 from extproc.telemetry import tracing
 from extproc.telemetry.metrics import BREAKER_OPEN, REDIS_ERRORS, REDIS_SECONDS
 
@@ -137,28 +138,43 @@ class RedisQuotaStore:
                      actual_tokens: int | None) -> bool:
         """Release the lease; true up token rates and token budgets when usage is known."""
         delta = 0 if actual_tokens is None else actual_tokens - plan.estimate_tokens
-        states = {id(st.limit): st for st in admission.states}
-        groups = _groups(plan.limits)
-        if len(groups) == 1:  # the usual case: no task per call
-            return await self._settle_limits(groups[0], states, lease_id, delta)
-        results = await asyncio.gather(*(self._settle_limits(g, states, lease_id, delta) for g in groups))
+        return await self.settle_recipe(settle_recipe(plan, admission, lease_id), delta)
+
+    async def settle_recipe(self, recipe: SettleRecipe, delta: int) -> bool:
+        """Settle from a recipe (possibly made by another process: ``settle_recipe``)."""
+        if len(recipe.groups) == 1:  # the usual case: no task per call
+            return await self._settle_group(recipe.groups[0], recipe.lease_id, delta)
+        lease = recipe.lease_id
+        results = await asyncio.gather(*(self._settle_group(g, lease, delta) for g in recipe.groups))
         return all(results)
 
-    async def _settle_limits(self, limits: tuple[Limit, ...], states: dict[int, LimitState], lease_id: str,
-                             delta: int) -> bool:
-        keys = [f"xq:{{{limits[0].tag}}}:s:{lease_id}"]
+    async def _settle_group(self, group: tuple[SettleLimit, ...], lease_id: str, delta: int) -> bool:
+        keys = [f"xq:{{{group[0].tag}}}:s:{lease_id}"]
         args = [self._now, lease_id, str(SETTLED_MARKER_TTL_MS)]
-        for limit in limits:
+        for limit in group:
             cost_delta = str(delta if limit.counts_tokens else 0)
             if limit.kind == "gcra":
-                extra = [limit.args[0], limit.args[1], cost_delta]
+                extra = [limit.a, limit.b, cost_delta]
             elif limit.kind == "budget":
-                extra = [cost_delta, str(states[id(limit)].period), ""]
+                extra = [cost_delta, limit.a, ""]
             else:
                 extra = ["", "", ""]
             keys.append(limit.key)
             args += [limit.kind, *extra]
         return bool(await self._call("settle", self._settle, keys, args))
+
+
+def settle_recipe(plan: QuotaPlan, admission: Admission, lease_id: str,
+                  prompt_tokens: int = 0) -> SettleRecipe:
+    """What settling this admission takes, as plain values: one process admits, another may settle."""
+    periods = {id(st.limit): str(st.period) for st in admission.states}
+    groups = tuple(
+        tuple(SettleLimit(lm.key, lm.tag, lm.kind, lm.counts_tokens,
+                          lm.args[0] if lm.kind == "gcra" else periods.get(id(lm), ""),
+                          lm.args[1] if lm.kind == "gcra" else "")
+              for lm in group)
+        for group in _groups(plan.limits))
+    return SettleRecipe(lease_id, plan.estimate_tokens, groups, prompt_tokens)
 
 
 def _groups(limits: tuple[Limit, ...]) -> list[tuple[Limit, ...]]:

@@ -13,6 +13,8 @@ from extproc.domain.classify import Classification
 from extproc.domain.identity import Identity
 from extproc.quota.local_store import LocalLimiter
 from extproc.quota.plan import QuotaPlan, completion_field, estimate_tokens, plan
+from extproc.quota.recipe import SettleRecipe
+from extproc.quota.redis_store import RedisQuotaStore, settle_recipe
 from extproc.quota.spec import FailureMode, QuotaSettings
 from extproc.quota.store import Admission, QuotaStore, StoreUnavailable
 from extproc.telemetry.metrics import DEGRADED, QUOTA_DENIALS
@@ -122,6 +124,27 @@ class QuotaService:
         log.warning("quota store unavailable; decided by failure mode",
                     extra={"mode": mode, "error": error[:200], "decision_id": lease_id})
         return admission
+
+    def recipe(self, settings: QuotaSettings, ticket: QuotaTicket, lease_id: str,
+               body: Mapping[str, Any] | None) -> SettleRecipe | None:
+        """How another process can settle this admission (None: only this one can, or nothing to do)."""
+        plan = ticket.plan
+        if (ticket.admission.degraded or not isinstance(self.store, RedisQuotaStore)
+                or not (plan.counts_tokens or plan.has_leases)):
+            return None  # local (in-process) state, or no Redis: this stream settles it alone
+        prompt = estimate_tokens({**body, completion_field(body): 0}, 0) if body is not None else 0
+        return settle_recipe(plan, ticket.admission, lease_id, prompt)
+
+    async def settle_recipe(self, recipe: SettleRecipe, actual_tokens: int) -> bool:
+        """Settle with the real usage from another stream; False if it was settled already."""
+        if not isinstance(self.store, RedisQuotaStore):
+            return False
+        try:
+            return await self.store.settle_recipe(recipe, actual_tokens - recipe.estimate_tokens)
+        except StoreUnavailable as exc:
+            log.warning("settlement from streamed usage failed; the admitting stream settles with the "
+                        "estimate", extra={"decision_id": recipe.lease_id, "error": str(exc)[:200]})
+            return False
 
     async def settle(self, ticket: QuotaTicket, lease_id: str, actual_tokens: int | None = None) -> None:
         """Release the lease and true up; failures are logged (leases expire by TTL)."""

@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
 
 import grpc
 
 from extproc.domain.decision import Decision
 from extproc.domain.facts import RequestFacts
+from extproc.domain.sse_usage import SseUsageReader, StreamUsage
 from extproc.envoy_api import ext_proc as codec
 from extproc.pipeline import AwaitingBody, Pipeline
 from extproc.services.common import internal_error, listener_name
 from extproc.telemetry.decisions import DecisionObserver
-from extproc.telemetry.metrics import STREAMS_OPEN
+from extproc.telemetry.metrics import STREAMS_OPEN, USAGE_SETTLEMENTS
 from extproc.telemetry.timing import PhaseTimer
 from extproc.telemetry.tracing import DecisionSpan
 
+log = logging.getLogger("extproc.usage")
+
 _ADAPTER = "ext_proc"
+#: The listener name (gRPC metadata) of the second, observe-only ext_proc filter that reads
+#: streamed responses (envoy/README.md "Streamed usage").
+USAGE_LISTENER = "usage"
+#: How long the admitting stream leaves a streamed decision to the usage stream before it
+#: settles with the estimate itself (the settle script makes sure only one of them counts).
+USAGE_SETTLE_GRACE_S = 5.0
 #: Stands in for the facts of a request whose headers could not be read.
 _UNREADABLE = RequestFacts(method="", path="", host="", headers={})
 
@@ -39,10 +51,14 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
         self._settling: set[asyncio.Task[None]] = set()
 
     async def Process(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
+        listener = listener_name(context)
+        if listener == USAGE_LISTENER:
+            await self._observe_usage(context)
+            return
         stream = _Stream()
         STREAMS_OPEN.inc()
         try:
-            await self._process(context, stream)
+            await self._process(context, stream, listener)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             # Envoy cancels the stream when the client goes away or the request
             # ends early: a normal end, nothing to report.
@@ -53,11 +69,57 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
             STREAMS_OPEN.dec()
             # The HTTP request is over (completed, reset or aborted): settle its quota.
             # A task of its own, so a cancelled stream cannot cancel the settlement.
-            if stream.decision is not None and stream.decision.quota is not None:
-                task = asyncio.get_running_loop().create_task(
-                    self._pipeline.settle(stream.decision, stream.actual_tokens))
-                self._settling.add(task)
-                task.add_done_callback(self._settling.discard)
+            decision = stream.decision
+            if decision is not None and decision.quota is not None:
+                wait = USAGE_SETTLE_GRACE_S if decision.usage_recipe and stream.actual_tokens is None else 0
+                self._background(self._settle(decision, stream.actual_tokens, wait))
+
+    async def _settle(self, decision: Decision, actual_tokens: int | None, wait: float) -> None:
+        if wait:
+            await asyncio.sleep(wait)  # the usage stream settles first with the real usage
+        await self._pipeline.settle(decision, actual_tokens)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """A task of its own, so a cancelled stream cannot cancel it; drained on shutdown."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _observe_usage(self, context: grpc.aio.ServicerContext) -> None:
+        """The usage filter's stream (Envoy observability mode): read, never answer, so the
+        response reaches the client without waiting for us. Settles when the stream ends."""
+        recipe, status, ended = None, 0, False
+        reader = SseUsageReader()
+        try:
+            # Envoy does not close an observability stream when the response ends (it keeps
+            # it for deferred_close_timeout): the end of the body is our end.
+            while not ended and (request := await context.read()) is not grpc.aio.EOF:
+                kind = request.WhichOneof("request")
+                if kind == "response_body":
+                    reader.feed(request.response_body.body)
+                    ended = ended or request.response_body.end_of_stream
+                elif kind == "request_headers":
+                    recipe = codec.forwarded_metadata(request, "settle")
+                elif kind == "response_headers":
+                    status = codec.response_status(request.response_headers)
+                    ended = request.response_headers.end_of_stream
+        except (asyncio.CancelledError, grpc.aio.AbortError, grpc.aio.UsageError):
+            pass  # the request ended early: settle with what was seen
+        finally:
+            if recipe is not None:
+                self._background(self._settle_streamed(recipe, reader.result(ended), status, ended))
+
+    async def _settle_streamed(self, recipe: str, seen: StreamUsage, status: int, ended: bool) -> None:
+        try:
+            tokens, source = await self._pipeline.settle_streamed(recipe, seen, status)
+        except Exception:
+            log.exception("settling a streamed response failed; the admitting stream settles it")
+            return
+        USAGE_SETTLEMENTS.labels(source).inc()
+        if source != "reported":
+            log.info("streamed response settled without reported usage", extra={
+                "source": source, "tokens": tokens, "completed": seen.completed and ended,
+                "events": seen.events, "status": status})
 
     def _decided(self, decision: Decision, facts: RequestFacts, timer: PhaseTimer,
                  span: DecisionSpan) -> None:
@@ -69,8 +131,7 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
 
-    async def _process(self, context: grpc.aio.ServicerContext, stream: _Stream) -> None:
-        listener = listener_name(context)
+    async def _process(self, context: grpc.aio.ServicerContext, stream: _Stream, listener: str) -> None:
         timer = PhaseTimer()
         span: DecisionSpan | None = None
         facts: RequestFacts | None = None

@@ -47,3 +47,7 @@ ROUTES_LAST_SYNC = Gauge("extproc_routes_last_sync_timestamp_seconds",
                          multiprocess_mode="livemin")
 ROUTES_UPDATES = Counter("extproc_routes_updates_total",
                          "Routing table versions seen, by result (applied, rejected)", ["result"])
+USAGE_SETTLEMENTS = Counter(
+    "extproc_streamed_usage_settlements_total",
+    "Streamed responses settled by the usage stream, by source of the count "
+    "(reported, estimated, upstream_error, already_settled)", ["source"])

@@ -43,11 +43,13 @@ def test_rate_limit_429_explains_itself(stack: Stack) -> None:
 
 def test_budget_exhaustion_is_distinguishable(stack: Stack) -> None:
     tok = stack.token(tenant="budget-tenant", plan="free")
-    # A streamed response's usage is not read yet, so its 19,000-token reservation stands
-    # (a JSON response would be trued up to its real, tiny usage).
-    big = stack.request("POST", "/v1/chat/completions",
-                        {"model": "gpt-4o", "messages": [], "max_tokens": 19_000, "stream": True}, token=tok)
-    assert big.status == 200
+    # While a stream runs, its 19,000-token reservation stands (it is trued up at the end).
+    conn = http.client.HTTPConnection("127.0.0.1", stack.ports.ext_proc, timeout=10)
+    conn.request("POST", "/v1/chat/completions", headers={
+        "content-type": "application/json", "x-demo-hold": "budget", "authorization": f"Bearer {tok}"},
+        body=json.dumps({"model": "gpt-4o", "messages": [], "max_tokens": 19_000, "stream": True}))
+    big = conn.getresponse()
+    assert big.status == 200 and big.readline().startswith(b"data: ")
     more = stack.request("POST", "/v1/chat/completions", {"model": "gpt-4o", "messages": [], "max_tokens": 5_000},
                          token=tok)
     assert more.status == 429
@@ -55,6 +57,9 @@ def test_budget_exhaustion_is_distinguishable(stack: Stack) -> None:
     assert (error["type"], error["code"], error["window"]) == ("insufficient_quota", "budget_exhausted", "day")
     assert error["limit"] == 20_000 and error["used"] > 19_000
     assert "budget" in error["message"]
+    _release(stack, "budget")
+    big.read()
+    conn.close()
 
 
 def _held_stream(stack: Stack, token: str, hold: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
@@ -160,6 +165,18 @@ quotas:
 """
 
 
+def _open_stream(stack: Stack, token: str, hold: str, max_tokens: int) -> tuple[http.client.HTTPConnection,
+                                                                                 http.client.HTTPResponse]:
+    conn = http.client.HTTPConnection("127.0.0.1", stack.ports.ext_proc, timeout=10)
+    conn.request("POST", "/v1/chat/completions", headers={
+        "content-type": "application/json", "x-demo-hold": hold, "authorization": f"Bearer {token}"},
+        body=json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}],
+                         "max_tokens": max_tokens, "stream": True}))
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.readline().startswith(b"data: ")
+    return conn, resp
+
+
 def test_max_tokens_is_clamped_to_the_budget_left(fresh_dir) -> None:
     from extproc.devstack.demo import DEMO_CONFIG
     from tests.e2e.stack import start_stack
@@ -167,19 +184,13 @@ def test_max_tokens_is_clamped_to_the_budget_left(fresh_dir) -> None:
     s = start_stack(fresh_dir, config_text=DEMO_CONFIG.read_text().split("\nquotas:")[0] + CLAMP_POLICY)
     try:
         tok = s.token(tenant="trial-co", plan="trial")
-        first = s.request("POST", "/v1/chat/completions",  # streamed: the reservation stands
-                          {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1500,
-                           "stream": True}, token=tok)
-        assert first.status == 200 and first.headers["x-demo-max-tokens"] == "1500"
+        # Streams still running: their reservations stand until they end.
+        conn, first = _open_stream(s, tok, "clamp-1", 1500)
+        assert first.getheader("x-demo-max-tokens") == "1500"
         # About 490 tokens are left: 1500 does not fit, so the request goes out with less.
-        second = s.request("POST", "/v1/chat/completions",
-                           {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1500,
-                            "stream": True},
-                           token=tok)
-        assert second.status == 200, second.body
-        clamped = int(second.headers["x-extproc-max-tokens-clamped"])
-        assert 400 < clamped < 500 and second.headers["x-demo-max-tokens"] == str(clamped)
-        assert b'"model": "gpt-4o"' in second.body  # the rest of the body arrived intact
+        conn2, second = _open_stream(s, tok, "clamp-2", 1500)
+        clamped = int(second.getheader("x-extproc-max-tokens-clamped"))
+        assert 400 < clamped < 500 and second.getheader("x-demo-max-tokens") == str(clamped)
         # ext_authz cannot rewrite a body: there the same request is refused.
         third = s.request("POST", "/v1/chat/completions",
                           {"model": "gpt-4o", "messages": [], "max_tokens": 1500}, token=tok,
@@ -189,6 +200,10 @@ def test_max_tokens_is_clamped_to_the_budget_left(fresh_dir) -> None:
         last = s.request("POST", "/v1/chat/completions",
                          {"model": "gpt-4o", "messages": [], "max_tokens": 1500}, token=tok)
         assert last.status == 429 and last.json()["error"]["code"] == "budget_exhausted"
+        for c, resp, hold in ((conn, first, "clamp-1"), (conn2, second, "clamp-2")):
+            _release(s, hold)
+            assert b'"model": "gpt-4o"' in resp.read()  # the rest of the (rewritten) body arrived intact
+            c.close()
     finally:
         s.stop()
 

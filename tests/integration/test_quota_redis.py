@@ -17,8 +17,9 @@ from extproc.domain.identity import Identity
 from extproc.quota.breaker import CircuitBreaker
 from extproc.quota.local_store import LocalLimiter
 from extproc.quota.plan import plan
+from extproc.quota.recipe import SettleRecipe
 from extproc.quota.redis_client import client_from_url
-from extproc.quota.redis_store import RedisQuotaStore
+from extproc.quota.redis_store import RedisQuotaStore, settle_recipe
 from extproc.quota.service import QuotaService
 from extproc.quota.spec import Budget, FailureMode, QuotaPolicy, QuotaSettings, Rate, Unit
 from extproc.quota.store import StoreUnavailable
@@ -201,6 +202,26 @@ async def test_settlement_trues_up_tokens(redis_server) -> None:
     tpm = next(st for st in after.states if st.limit.dimension == "tokens")
     assert tpm.used == 30  # the token rate was trued up too
     await store.client.aclose()
+
+
+async def test_another_process_settles_from_the_recipe_and_only_once(redis_server) -> None:
+    """The streamed-usage path: one worker admits, another settles from the handed-over recipe."""
+    s = settings(QuotaPolicy("day", budget=Budget(100_000, "day"), concurrency=2))
+    admitting = await store_for(redis_server, now_ms=ms(datetime(2026, 5, 1, 12, tzinfo=UTC)))
+    settling = await store_for(redis_server, now_ms=ms(datetime(2026, 5, 1, 12, 1, tzinfo=UTC)))
+    p = plan(s, ACME, CHAT, "r1", BODY)
+    adm = await admitting.admit(p, "d-stream")
+    recipe = SettleRecipe.from_json(settle_recipe(p, adm, "d-stream", prompt_tokens=3).to_json())
+    assert await settling.settle_recipe(recipe, 42 - recipe.estimate_tokens)
+    redis = client_from_url(redis_server.url, 2.0)
+    assert int(await redis.hget("xq:{acme}:b:day", "u")) == 42
+    assert await redis.zcard("xq:{acme}:c:day") == 0  # the lease went with it
+    # The admitting stream's own late settlement (with its estimate) changes nothing.
+    assert not await admitting.settle(p, "d-stream", adm, None)
+    assert int(await redis.hget("xq:{acme}:b:day", "u")) == 42
+    await redis.aclose()
+    await admitting.client.aclose()
+    await settling.client.aclose()
 
 
 async def test_script_flush_and_restart_reload_scripts_without_errors(redis_server) -> None:

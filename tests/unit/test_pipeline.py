@@ -224,3 +224,18 @@ def test_tenant_labels_are_capped() -> None:
 
     labels = TenantLabels(cap=3)
     assert [labels(t) for t in ("a", "b", "c", "d", "a", "e", None)] == ["a", "b", "c", "other", "a", "other", "-"]
+
+
+async def test_openai_streams_are_asked_for_their_usage_on_ext_proc_only() -> None:
+    p = pipeline()
+    ext_proc = RequestFacts("POST", "/v1/chat/completions", "gw", {}, False, "default", can_rewrite_body=True)
+    out = await decide(p, ext_proc, {"model": "gpt-4o", "stream": True, "stream_options": {"x": 1}})
+    assert json.loads(out.body_rewrite)["stream_options"] == {"x": 1, "include_usage": True}
+    asked = await decide(p, ext_proc, {"model": "gpt-4o", "stream": True, "stream_options": {"include_usage": True}})
+    assert asked.body_rewrite is None
+    unstreamed = await decide(p, ext_proc, {"model": "gpt-4o"})
+    assert unstreamed.body_rewrite is None
+    ext_authz = RequestFacts("POST", "/v1/chat/completions", "gw", {}, False, "default")
+    assert (await decide(p, ext_authz, {"model": "gpt-4o", "stream": True})).body_rewrite is None
+    # No quota store: nothing for a usage stream to settle, so no second stream is asked for.
+    assert out.usage_recipe is None and "x-extproc-usage" not in dict(out.upstream_headers())
