@@ -154,12 +154,16 @@ class Bench:
             wait_http(f"http://127.0.0.1:{admin + i}/readyz", proc=child.proc)
         return [f"127.0.0.1:{base + i}" for i in range(workers)], child.proc.pid
 
-    def gateway(self, name: str, sidecars: list[str]) -> EnvoyPorts:
-        """An Envoy gateway in front of these sidecar endpoints and the bench pools."""
+    def gateway(self, name: str, sidecars: list[str], usage_filter: bool = True) -> EnvoyPorts:
+        """An Envoy gateway in front of these sidecar endpoints and the bench pools.
+        ``usage_filter=False``: the streamed-usage filter stays off on every route (A/B runs)."""
         ports = EnvoyPorts(ext_proc=free_port(), ext_authz=free_port(), admin=free_port(),
                            pool_a=self.pool_a, pool_b=self.pool_b, ops=free_port())
-        self._envoy(f"gateway-{name}", render(sidecars, ports, access_log_path="/dev/null",
-                                              trace_sampling_percent=0), ports.admin)
+        config = render(sidecars, ports, access_log_path="/dev/null", trace_sampling_percent=0)
+        if not usage_filter:
+            config = config.replace("{name: x-extproc-usage, present_match: true}",
+                                    "{name: x-bench-usage-filter-off, present_match: true}")
+        self._envoy(f"gateway-{name}", config, ports.admin)
         return ports
 
     def _gateway(self, name: str, sidecar: str) -> None:

@@ -2,7 +2,8 @@
 event reaches the client. (A) plain Envoy, (B) Envoy + the do-nothing sidecar (same
 processing modes: asks for the body, answers response headers) and (C) Envoy + the full
 sidecar, all in front of the same demo pool streaming chat completions; sequential
-requests, interleaved.
+requests, interleaved. (C0) is (C) with the streamed-usage filter off on every route: C - C0
+is what reading the stream's usage adds to the first token.
 
     .venv/bin/python perf/bench_ttft.py [--requests 300]
 """
@@ -64,10 +65,12 @@ def main() -> int:
         sidecars, _ = bench.full_sidecar()
         noop = f"127.0.0.1:{free_port()}"
         bench._spawn("noop-sidecar", [sys.executable, "-m", "extproc", "noop-sidecar", "--listen", noop])
-        gateways = {name: bench.gateway(name, addresses).ext_proc
-                    for name, addresses in (("B", [noop]), ("C", sidecars))}
+        gateways = {name: bench.gateway(name, addresses, usage).ext_proc
+                    for name, addresses, usage in (("B", [noop], True), ("C", sidecars, True),
+                                                   ("C0", sidecars, False))}
         targets = {"A plain Envoy": plain_port, "B do-nothing sidecar": gateways["B"],
-                   "C full sidecar": gateways["C"]}
+                   "C full sidecar": gateways["C"],
+                   "C0 full sidecar, streamed-usage filter off": gateways["C0"]}
         for port in targets.values():  # warm-up
             for _ in range(20):
                 first_event_ms(port, bench.token)
@@ -84,6 +87,8 @@ def main() -> int:
     keys = ("median_ms", "p90_ms", "p99_ms")
     report["added_by_grpc_sidecar_floor_ms"] = {k: round(b[k] - a[k], 3) for k in keys}
     report["added_by_policy_ms"] = {k: round(c[k] - b[k], 3) for k in keys}
+    c0 = report["C0 full sidecar, streamed-usage filter off"]
+    report["added_by_streamed_usage_filter_ms"] = {k: round(c[k] - c0[k], 3) for k in keys}
     print(json.dumps({"requests_each": args.requests, **report}, indent=2))
     return 0
 
