@@ -186,7 +186,7 @@ class Pipeline:
             return allow(decision_id, cls, identity, route, served, quota=ticket,
                          response_headers=tuple(quota_headers.allowed(admission)),
                          degraded=admission.degraded, body_rewrite=rewrite,
-                         usage_recipe=self._usage_recipe(streamed, snapshot, ticket, decision_id, body))
+                         usage_recipe=self._usage_recipe(streamed, ticket, decision_id))
         # 7. Refused. A token budget may let the request through with a smaller max_tokens
         #    (ext_proc only: ext_authz cannot rewrite a body).
         if facts.can_rewrite_body:
@@ -198,19 +198,17 @@ class Pipeline:
                              response_headers=(*quota_headers.allowed(ticket.admission),
                                                ("x-extproc-max-tokens-clamped", str(new_body[field]))),
                              body_rewrite=json.dumps(new_body, separators=(",", ":")).encode(),
-                             usage_recipe=self._usage_recipe(streamed, snapshot, ticket, decision_id,
-                                                             new_body))
+                             usage_recipe=self._usage_recipe(streamed, ticket, decision_id))
         reason, message, headers, details = quota_headers.denial(admission)
         return deny(decision_id, reason, message, cls, identity, headers=tuple(headers),
                     policy=admission.blocking.limit.policy.name, details=tuple(details.items()),
                     degraded=admission.degraded)
 
-    def _usage_recipe(self, streamed: bool, snapshot: Snapshot, ticket: QuotaTicket, decision_id: str,
-                      body: Mapping[str, Any] | None) -> str | None:
+    def _usage_recipe(self, streamed: bool, ticket: QuotaTicket, decision_id: str) -> str | None:
         """A streamed response's usage is read by the usage filter's stream: it settles with this."""
         if not streamed:
             return None
-        recipe = self._quota.recipe(snapshot.quotas, ticket, decision_id, body)
+        recipe = self._quota.recipe(ticket, decision_id)
         return recipe.to_json() if recipe else None
 
     async def response_tokens(self, raw: bytes) -> int | None:

@@ -47,6 +47,9 @@ class QuotaPlan:
     tenant_tag: str
     limits: tuple[Limit, ...]
     estimate_tokens: int
+    #: The prompt's share of the estimate (a stream that ends without usage is charged this
+    #: plus what it was seen to generate).
+    prompt_tokens: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.limits)
@@ -96,22 +99,31 @@ def completion_field(body: Mapping[str, Any]) -> str:
     return next((name for name in _MAX_TOKEN_FIELDS if name in body), "max_tokens")
 
 
-def estimate_tokens(body: Mapping[str, Any] | None, default_max_tokens: int) -> int:
-    """Prompt size (about 4 bytes a token) plus the completion budget the request asks for."""
+def prompt_tokens(body: Mapping[str, Any] | None) -> int:
+    """The prompt's share of an estimate: about 4 bytes a token (0 without a body)."""
     if body is None:
-        return default_max_tokens
-    prompt = 0
+        return 0
+    size = 0
     for name in _PROMPT_FIELDS:
         if name in body:
             value = body[name]
-            prompt += len(value) if isinstance(value, str) else len(json.dumps(value, ensure_ascii=False))
-    completion = default_max_tokens
-    for name in _MAX_TOKEN_FIELDS:
-        value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            completion = value
-            break
-    return max(1, prompt // 4) + completion
+            size += len(value) if isinstance(value, str) else len(json.dumps(value, ensure_ascii=False))
+    return max(1, size // 4)
+
+
+def estimate_tokens(body: Mapping[str, Any] | None, default_max_tokens: int) -> int:
+    """Prompt size (about 4 bytes a token) plus the completion budget the request asks for."""
+    return _completion_tokens(body, default_max_tokens) + prompt_tokens(body)
+
+
+def _completion_tokens(body: Mapping[str, Any] | None, default_max_tokens: int) -> int:
+    """The completion cap the request asks for, or the default."""
+    if body is not None:
+        for name in _MAX_TOKEN_FIELDS:
+            value = body.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+    return default_max_tokens
 
 
 @lru_cache(maxsize=256)
@@ -142,7 +154,8 @@ def plan(settings: QuotaSettings, identity: Identity, cls: Classification, route
          body: Mapping[str, Any] | None, now: datetime | None = None) -> QuotaPlan:
     """``now`` (tests): the instant whose time-zone offsets the budgets use; default the present."""
     own_tag = tenant_tag(identity.tenant)
-    estimate = estimate_tokens(body, settings.default_max_tokens)
+    prompt = prompt_tokens(body)
+    estimate = prompt + _completion_tokens(body, settings.default_max_tokens)
     limits: list[Limit] = []
     for p in settings.policies:
         if not applies(p, identity, cls, route):
@@ -159,4 +172,4 @@ def plan(settings: QuotaSettings, identity: Identity, cls: Classification, route
             limits.append(Limit(p, "concurrency", f"xq:{{{tag}}}:c:{p.name}", "concurrency",
                                 (str(p.concurrency), str(p.lease_ttl_ms), "", ""),
                                 p.concurrency, "in-flight", 1, tag))
-    return QuotaPlan(own_tag, tuple(limits), estimate)
+    return QuotaPlan(own_tag, tuple(limits), estimate, prompt)

@@ -164,8 +164,7 @@ class RedisQuotaStore:
         return bool(await self._call("settle", self._settle, keys, args))
 
 
-def settle_recipe(plan: QuotaPlan, admission: Admission, lease_id: str,
-                  prompt_tokens: int = 0) -> SettleRecipe:
+def settle_recipe(plan: QuotaPlan, admission: Admission, lease_id: str) -> SettleRecipe:
     """What settling this admission takes, as plain values: one process admits, another may settle."""
     periods = {id(st.limit): str(st.period) for st in admission.states}
     groups = tuple(
@@ -174,7 +173,7 @@ def settle_recipe(plan: QuotaPlan, admission: Admission, lease_id: str,
                           lm.args[1] if lm.kind == "gcra" else "")
               for lm in group)
         for group in _groups(plan.limits))
-    return SettleRecipe(lease_id, plan.estimate_tokens, groups, prompt_tokens)
+    return SettleRecipe(lease_id, plan.estimate_tokens, groups, plan.prompt_tokens)
 
 
 def _groups(limits: tuple[Limit, ...]) -> list[tuple[Limit, ...]]:

@@ -12,7 +12,7 @@ from typing import Any
 from extproc.domain.classify import Classification
 from extproc.domain.identity import Identity
 from extproc.quota.local_store import LocalLimiter
-from extproc.quota.plan import QuotaPlan, completion_field, estimate_tokens, plan
+from extproc.quota.plan import QuotaPlan, completion_field, plan, prompt_tokens
 from extproc.quota.recipe import SettleRecipe
 from extproc.quota.redis_store import RedisQuotaStore, settle_recipe
 from extproc.quota.spec import FailureMode, QuotaSettings
@@ -97,8 +97,7 @@ class QuotaService:
                 or not blocking.limit.policy.clamp_max_tokens or refused.degraded):
             return None
         field = completion_field(body)
-        prompt = estimate_tokens({**body, field: 0}, settings.default_max_tokens)
-        allowed = blocking.remaining - prompt
+        allowed = blocking.remaining - prompt_tokens(body)
         if allowed < _MIN_CLAMPED_TOKENS:
             return None
         clamped = {**body, field: allowed}
@@ -125,15 +124,13 @@ class QuotaService:
                     extra={"mode": mode, "error": error[:200], "decision_id": lease_id})
         return admission
 
-    def recipe(self, settings: QuotaSettings, ticket: QuotaTicket, lease_id: str,
-               body: Mapping[str, Any] | None) -> SettleRecipe | None:
+    def recipe(self, ticket: QuotaTicket, lease_id: str) -> SettleRecipe | None:
         """How another process can settle this admission (None: only this one can, or nothing to do)."""
         plan = ticket.plan
         if (ticket.admission.degraded or not isinstance(self.store, RedisQuotaStore)
                 or not (plan.counts_tokens or plan.has_leases)):
             return None  # local (in-process) state, or no Redis: this stream settles it alone
-        prompt = estimate_tokens({**body, completion_field(body): 0}, 0) if body is not None else 0
-        return settle_recipe(plan, ticket.admission, lease_id, prompt)
+        return settle_recipe(plan, ticket.admission, lease_id)
 
     async def settle_recipe(self, recipe: SettleRecipe, actual_tokens: int) -> bool:
         """Settle with the real usage from another stream; False if it was settled already."""

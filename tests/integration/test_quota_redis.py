@@ -211,7 +211,7 @@ async def test_another_process_settles_from_the_recipe_and_only_once(redis_serve
     settling = await store_for(redis_server, now_ms=ms(datetime(2026, 5, 1, 12, 1, tzinfo=UTC)))
     p = plan(s, ACME, CHAT, "r1", BODY)
     adm = await admitting.admit(p, "d-stream")
-    recipe = SettleRecipe.from_json(settle_recipe(p, adm, "d-stream", prompt_tokens=3).to_json())
+    recipe = SettleRecipe.from_json(settle_recipe(p, adm, "d-stream").to_json())
     assert await settling.settle_recipe(recipe, 42 - recipe.estimate_tokens)
     redis = client_from_url(redis_server.url, 2.0)
     assert int(await redis.hget("xq:{acme}:b:day", "u")) == 42
