@@ -174,9 +174,9 @@ class Pipeline:
         ticket = await self._quota.admit(snapshot.quotas, identity, quota_cls, route.entry.id, body,
                                          decision_id, leases=facts.sees_request_end)
         timer.lap("quota")
-        rewrite = _rewrite(facts, body, upstream_body)
         if ticket is None:
-            return allow(decision_id, cls, identity, route, served, body_rewrite=rewrite)
+            return allow(decision_id, cls, identity, route, served,
+                         body_rewrite=_rewrite(facts, body, upstream_body))
         admission = ticket.admission
         if admission.degraded == "closed":
             return deny(decision_id, Reason.QUOTA_STORE_UNAVAILABLE,
@@ -185,7 +185,7 @@ class Pipeline:
         if admission.blocking is None:
             return allow(decision_id, cls, identity, route, served, quota=ticket,
                          response_headers=tuple(quota_headers.allowed(admission)),
-                         degraded=admission.degraded, body_rewrite=rewrite,
+                         degraded=admission.degraded, body_rewrite=_rewrite(facts, body, upstream_body),
                          usage_recipe=self._usage_recipe(streamed, ticket, decision_id))
         # 7. Refused. A token budget may let the request through with a smaller max_tokens
         #    (ext_proc only: ext_authz cannot rewrite a body).
