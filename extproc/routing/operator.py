@@ -19,7 +19,7 @@ from typing import Any
 from extproc.config.model import PolicyConfig
 from extproc.config.reader import ConfigError
 from extproc.domain.classify import WorkloadClass
-from extproc.routing.document import canonical_json, load_table, read_table_file, to_document, yaml_document
+from extproc.routing.document import canonical_json, read_table_file, to_document, yaml_document
 from extproc.routing.store import Outcome, RouteStore, StoredTable
 from extproc.routing.table import RoutingTable, TableOrigin, TableSpec
 
@@ -78,8 +78,7 @@ async def rollback(store: RouteStore, config: PolicyConfig, version: int, reason
     if stored is None:
         return 1, f"version {version} is not in the history (see `extproc routes history`)"
     try:
-        spec = load_table(stored.document, f"routing table version {version}", config.pools,
-                          config.max_fallbacks)
+        spec = stored.spec(config)
     except ConfigError as exc:
         return _errors(exc, f"version {version} is not valid against this policy file's pools")
     return await _publish(store, spec, reason, author, dry_run, rollback_of=version)
@@ -191,12 +190,7 @@ def _map_diff(what: str, before: dict[str, str], after: dict[str, str]) -> list[
 
 def table_from(stored: StoredTable | None, config: PolicyConfig) -> RoutingTable:
     """The live table (validated against the config's pools) or, without one, the config's seed."""
-    if stored is None:
-        return RoutingTable(config.routing)
-    spec = load_table(stored.document, f"routing table version {stored.version}", config.pools,
-                      config.max_fallbacks)
-    return RoutingTable(spec, TableOrigin(stored.version, "redis", stored.epoch, stored.author, stored.reason,
-                                          stored.created_at))
+    return RoutingTable(config.routing) if stored is None else stored.table(config)
 
 
 def file_table(path: Path, pools: Sequence[str], max_fallbacks: int) -> RoutingTable:

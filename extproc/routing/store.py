@@ -23,6 +23,10 @@ from enum import Enum
 from importlib import resources
 from typing import Any
 
+from extproc.config.model import PolicyConfig
+from extproc.routing.document import load_table
+from extproc.routing.table import RoutingTable, TableOrigin, TableSpec
+
 PUBLISH_LUA = resources.files("extproc.routing").joinpath("lua/publish.lua").read_text()
 _TAG = "{extproc:routes}"
 VERSION_KEY, TABLES_KEY, LOG_KEY, EPOCH_KEY = (f"{_TAG}:{k}" for k in ("version", "tables", "log", "epoch"))
@@ -54,6 +58,16 @@ class StoredTable:
         return cls(int(rec["version"]), str(rec["epoch"]), float(rec["created_at"]), int(rec["previous"]),
                    str(meta.get("author", "")), str(meta.get("reason", "")), str(meta.get("digest", "")),
                    rec["table"], meta.get("rollback_of"))
+
+    def spec(self, config: PolicyConfig) -> TableSpec:
+        """The stored document validated against a policy file's pools. Raises ``ConfigError``."""
+        return load_table(self.document, f"routing table version {self.version}", config.pools,
+                          config.max_fallbacks)
+
+    def table(self, config: PolicyConfig) -> RoutingTable:
+        """The routing table to serve (validated as ``spec``), with where it came from."""
+        origin = TableOrigin(self.version, "redis", self.epoch, self.author, self.reason, self.created_at)
+        return RoutingTable(self.spec(config), origin)
 
 
 class Outcome(Enum):

@@ -24,9 +24,8 @@ from typing import Any
 
 from extproc.config.model import Snapshot
 from extproc.config.reader import ConfigError
-from extproc.routing.document import canonical_json, load_table
+from extproc.routing.document import canonical_json
 from extproc.routing.store import CHANNEL, Outcome, RouteStore, StoredTable
-from extproc.routing.table import RoutingTable, TableOrigin
 from extproc.telemetry.metrics import ROUTES_IN_SYNC, ROUTES_LAST_SYNC, ROUTES_UPDATES, ROUTES_VERSION
 
 log = logging.getLogger("extproc.routing")
@@ -64,7 +63,7 @@ class RouteSync:
             self.current = snapshot.routes
             return
         try:
-            self._validate(self._stored)
+            self._stored.spec(self._snapshot.config)
         except ConfigError as exc:
             log.error("the live routing table names pools the new policy file does not have; "
                       "still serving it, publish a fixed table", extra={"errors": exc.errors})
@@ -123,7 +122,7 @@ class RouteSync:
                         extra={"old_epoch": served.epoch, "new_epoch": stored.epoch,
                                "routes_version": stored.version})
         try:
-            table = self._validate(stored)
+            table = stored.table(self._snapshot.config)
         except ConfigError as exc:
             ROUTES_UPDATES.labels("rejected").inc()
             self.state = replace(self.state, rejected_version=stored.version,
@@ -141,14 +140,6 @@ class RouteSync:
             "routes_version": stored.version, "previous_version": previous, "author": stored.author,
             "reason": stored.reason})
         return True
-
-    def _validate(self, stored: StoredTable) -> RoutingTable:
-        config = self._snapshot.config
-        spec = load_table(stored.document, f"routing table version {stored.version}", config.pools,
-                          config.max_fallbacks)
-        origin = TableOrigin(stored.version, "redis", stored.epoch, stored.author, stored.reason,
-                             stored.created_at)
-        return RoutingTable(spec, origin)
 
     async def run(self) -> None:
         """Follow Redis: pub/sub for speed, a periodic check as the safety net."""
