@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint typecheck bench bench-quick bench-workers bench-ttft bench-identity clean
+.PHONY: setup run test lint typecheck protos bench bench-quick bench-workers bench-ttft bench-identity clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ bench-ttft: setup
 
 bench-identity: setup
 	$(BIN)/python perf/bench_identity.py
+
+# Our wire schema (usage and decision records) → the checked-in Python in extproc/ledger/v1/;
+# tests/unit/test_ledger_schema.py fails when the two disagree.
+protos: setup
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. protos/extproc/ledger/v1/ledger.proto
 
 clean:
 	rm -rf $(VENV) .run

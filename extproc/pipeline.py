@@ -23,12 +23,12 @@ from extproc.domain.facts import RequestFacts
 from extproc.domain.identity import ANONYMOUS, Identity
 from extproc.domain.ids import new_decision_id
 from extproc.domain.reasons import Reason
-from extproc.domain.sse_usage import StreamUsage
-from extproc.domain.usage import usage_from_json
+from extproc.domain.usage import Measured, Usage, usage_from_json
 from extproc.identity.authenticator import IdentityUnavailable
 from extproc.identity.base import Authenticator
 from extproc.identity.tokens import TokenError
 from extproc.quota import headers as quota_headers
+from extproc.quota.plan import prompt_tokens
 from extproc.quota.recipe import SettleRecipe
 from extproc.quota.service import QuotaService, QuotaTicket
 from extproc.routing.table import RoutingTable
@@ -61,12 +61,16 @@ class AwaitingBody:
 
 class Pipeline:
     def __init__(self, config: SnapshotSource, authenticator: Authenticator,
-                 quota: QuotaService | None = None, routes: RoutesSource | None = None) -> None:
-        """``routes``: the live table; without it, the policy file's table (static routing)."""
+                 quota: QuotaService | None = None, routes: RoutesSource | None = None,
+                 usage_records: bool = False) -> None:
+        """``routes``: the live table; without it, the policy file's table (static routing).
+        ``usage_records``: usage records are kept (ledger), so every streamed response goes
+        through the usage filter, not only those with a quota to settle."""
         self._config = config
         self._authenticator = authenticator
         self._quota = quota or QuotaService(None)
         self._routes = routes
+        self._usage_records = usage_records
 
     async def on_request_headers(
         self, facts: RequestFacts, timer: PhaseTimer | None = None
@@ -174,19 +178,23 @@ class Pipeline:
         ticket = await self._quota.admit(snapshot.quotas, identity, quota_cls, route.entry.id, body,
                                          decision_id, leases=facts.sees_request_end)
         timer.lap("quota")
+        read_stream = streamed and self._usage_records
         if ticket is None:
             return allow(decision_id, cls, identity, route, served,
-                         body_rewrite=_rewrite(facts, body, upstream_body))
+                         body_rewrite=_rewrite(facts, body, upstream_body), usage_stream=read_stream,
+                         prompt_tokens=prompt_tokens(body) if read_stream else 0)
         admission = ticket.admission
         if admission.degraded == "closed":
             return deny(decision_id, Reason.QUOTA_STORE_UNAVAILABLE,
                         "quotas cannot be checked right now (quota store unavailable); try again",
-                        cls, identity, headers=(("retry-after", "1"),), degraded="closed")
+                        cls, identity, headers=(("retry-after", "1"),), degraded="closed",
+                        admission=admission)
         if admission.blocking is None:
             return allow(decision_id, cls, identity, route, served, quota=ticket,
                          response_headers=tuple(quota_headers.allowed(admission)),
                          degraded=admission.degraded, body_rewrite=_rewrite(facts, body, upstream_body),
-                         usage_recipe=self._usage_recipe(streamed, ticket, decision_id))
+                         usage_recipe=self._usage_recipe(streamed, ticket, decision_id),
+                         usage_stream=read_stream)
         # 7. Refused. A token budget may let the request through with a smaller max_tokens
         #    (ext_proc only: ext_authz cannot rewrite a body).
         if facts.can_rewrite_body:
@@ -198,11 +206,12 @@ class Pipeline:
                              response_headers=(*quota_headers.allowed(ticket.admission),
                                                ("x-extproc-max-tokens-clamped", str(new_body[field]))),
                              body_rewrite=json.dumps(new_body, separators=(",", ":")).encode(),
-                             usage_recipe=self._usage_recipe(streamed, ticket, decision_id))
+                             usage_recipe=self._usage_recipe(streamed, ticket, decision_id),
+                             usage_stream=read_stream, clamped=True)
         reason, message, headers, details = quota_headers.denial(admission)
         return deny(decision_id, reason, message, cls, identity, headers=tuple(headers),
                     policy=admission.blocking.limit.policy.name, details=tuple(details.items()),
-                    degraded=admission.degraded)
+                    degraded=admission.degraded, admission=admission)
 
     def _usage_recipe(self, streamed: bool, ticket: QuotaTicket, decision_id: str) -> str | None:
         """A streamed response's usage is read by the usage filter's stream: it settles with this."""
@@ -211,34 +220,24 @@ class Pipeline:
         recipe = self._quota.recipe(ticket, decision_id)
         return recipe.to_json() if recipe else None
 
-    async def response_tokens(self, raw: bytes) -> int | None:
-        """Tokens a complete JSON response reports in its ``usage`` (None: keep the estimate)."""
-        usage = await _off_loop_if_large(usage_from_json, raw)
-        return usage.total_tokens if usage else None
+    async def response_usage(self, raw: bytes) -> Usage | None:
+        """The usage a complete JSON response reports (None: it reports none)."""
+        return await _off_loop_if_large(usage_from_json, raw)
 
-    async def settle_streamed(self, recipe_json: str, seen: StreamUsage, status: int) -> tuple[int, str]:
-        """A streamed response ended (well or not): settle with what it used, once.
+    async def settle_streamed(self, recipe: SettleRecipe, measured: Measured) -> bool:
+        """The usage filter's stream read a streamed response to its end (or the end came
+        early): settle with what it used. False when the admitting stream settled first
+        (it waits a grace period for this one), or the store could not be reached."""
+        return await self._quota.settle_recipe(recipe, measured.total_tokens)
 
-        Reported usage when the stream carried it; a failed upstream answer (4xx/5xx) did no
-        work and is charged nothing; otherwise (client gone, upstream reset, no usage chunk)
-        the prompt's share of the reservation plus the completion seen, flagged estimated,
-        never zero. Returns (tokens charged, source); source ``already_settled`` when the
-        admitting stream settled first (it waits a grace period for this one).
-        """
-        recipe = SettleRecipe.from_json(recipe_json)
-        if status >= 400:
-            actual, source = 0, "upstream_error"
-        elif seen.usage is not None:
-            actual, source = seen.usage.total_tokens, "reported"
-        else:
-            actual, source = max(1, recipe.prompt_tokens + seen.estimated_completion_tokens), "estimated"
-        settled = await self._quota.settle_recipe(recipe, actual)
-        return actual, source if settled else "already_settled"
-
-    async def settle(self, decision: Decision, actual_tokens: int | None = None) -> None:
-        """The request is over: release its lease, true up its reservation (once)."""
-        if decision.quota is not None:
-            await self._quota.settle(decision.quota, decision.decision_id, actual_tokens)
+    async def settle(self, decision: Decision, measured: Measured | None = None) -> bool:
+        """The request is over: release its lease, true up its reservation to what it used
+        (an estimate keeps the reservation). Once: False when it was settled already."""
+        if decision.quota is None:
+            return True
+        actual = measured.total_tokens if measured is not None and measured.source in (
+            "reported", "upstream_error") else None
+        return await self._quota.settle(decision.quota, decision.decision_id, actual)
 
 
 #: Bodies at least this large are parsed in a worker thread, off the event loop.

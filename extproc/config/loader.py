@@ -18,6 +18,7 @@ from extproc.config.identity_section import parse_access, parse_issuers
 from extproc.config.model import AuthMode, ListenerPolicy, PolicyConfig, UnknownAction
 from extproc.config.quota_section import parse_quotas
 from extproc.config.reader import ConfigError, Reader
+from extproc.config.records_section import parse_records
 from extproc.domain.classify import ModelSource, RuleSpec, WorkloadClass
 from extproc.domain.facts import INTERNAL_HEADER_PREFIX
 from extproc.routing.document import TABLE_FIELDS, parse_table
@@ -82,7 +83,7 @@ def parse(text: bytes, source: str) -> PolicyConfig:
     if doc is None:
         doc = {}
     root = r.mapping(doc, "", {"version", "listeners", "request_body", "classification", "routing",
-                               "identity", "access", "quotas"})
+                               "identity", "access", "quotas", "records"})
     version = root.get("version", 1)
     if type(version) is not int or version != 1:
         r.error("version", "only version 1 is supported")
@@ -96,6 +97,7 @@ def parse(text: bytes, source: str) -> PolicyConfig:
     rules = _classification(r, root.get("classification"))
     pools, max_fallbacks, routing = _routing(r, root.get("routing"))
     quotas = parse_quotas(r, root.get("quotas"), {entry.id for entry in routing.entries})
+    records = parse_records(r, root.get("records"))
     if r.errors:
         raise ConfigError(source, r.errors)
     return PolicyConfig(
@@ -110,6 +112,7 @@ def parse(text: bytes, source: str) -> PolicyConfig:
         issuers=issuers,
         access=access,
         quotas=quotas,
+        records=records,
     )
 
 

@@ -8,6 +8,7 @@ from enum import StrEnum
 from extproc.domain.authorize import AccessRule
 from extproc.domain.classify import Classifier, RuleSpec
 from extproc.identity.spec import IssuerSpec
+from extproc.ledger.spec import RecordSettings
 from extproc.quota.spec import QuotaSettings
 from extproc.routing.table import RoutingTable, TableSpec
 
@@ -48,6 +49,7 @@ class PolicyConfig:
     issuers: tuple[IssuerSpec, ...] = ()
     access: tuple[AccessRule, ...] = ()
     quotas: QuotaSettings = field(default_factory=QuotaSettings)
+    records: RecordSettings = field(default_factory=RecordSettings)
 
 
 class Snapshot:

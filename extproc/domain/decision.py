@@ -51,6 +51,16 @@ class Decision:
     #: A streamed response whose usage another ext_proc stream reads (the "usage" filter,
     #: envoy/README.md): how that stream settles the quota (``quota.recipe.SettleRecipe`` JSON).
     usage_recipe: str | None = None
+    #: The usage filter reads this (streamed) response: it settles with ``usage_recipe``, if
+    #: any, and writes the usage record.
+    usage_stream: bool = False
+    #: For the decision record: the verified identity (never the token), every quota limit the
+    #: admission evaluated (``quota.store.Admission``), the cost estimate, and the prompt's share.
+    identity: Identity | None = None
+    admission: Any = None
+    estimate_tokens: int = 0
+    prompt_tokens: int = 0
+    clamped: bool = False
 
     @property
     def allowed(self) -> bool:
@@ -76,7 +86,7 @@ class Decision:
             # x-envoy-max-retries bounds the retries to this chain's length (envoy/README.md).
             headers.append(("x-extproc-failover", str(self.retries)))
             headers.append(("x-envoy-max-retries", str(self.retries)))
-        if self.usage_recipe:
+        if self.usage_stream:
             headers.append(("x-extproc-usage", "stream"))  # routes to the usage filter (envoy/README.md)
         if self.tenant:
             headers.append(("x-extproc-tenant", self.tenant))
@@ -102,6 +112,10 @@ class Decision:
             ("model_served", self.model_served),
             ("rule", self.rule),
             ("settle", self.usage_recipe),
+            # What the usage filter's stream needs for the usage record.
+            ("subject", self.identity.subject if self.identity else None),
+            ("degraded", self.degraded),
+            ("prompt_tokens", str(self.prompt_tokens) if self.usage_stream else None),
         ):
             if value:
                 meta[key] = value
@@ -142,7 +156,9 @@ def allow(
     decision_id: str, cls: Classification, identity: Identity, route: Route, model_served: str | None,
     quota: Any = None, response_headers: tuple[tuple[str, str], ...] = (),
     degraded: str | None = None, body_rewrite: bytes | None = None, usage_recipe: str | None = None,
+    usage_stream: bool = False, prompt_tokens: int = 0, clamped: bool = False,
 ) -> Decision:
+    """``quota``: the ``QuotaTicket`` settlement needs (its admission and estimate go to the record)."""
     return Decision(
         decision_id=decision_id,
         reason=Reason.ALLOWED,
@@ -160,6 +176,12 @@ def allow(
         degraded=degraded,
         body_rewrite=body_rewrite,
         usage_recipe=usage_recipe,
+        usage_stream=usage_stream or usage_recipe is not None,
+        identity=identity,
+        admission=quota.admission if quota is not None else None,
+        estimate_tokens=quota.plan.estimate_tokens if quota is not None else 0,
+        prompt_tokens=quota.plan.prompt_tokens if quota is not None else prompt_tokens,
+        clamped=clamped,
     )
 
 
@@ -173,7 +195,9 @@ def deny(
     policy: str | None = None,
     details: tuple[tuple[str, Any], ...] = (),
     degraded: str | None = None,
+    admission: Any = None,
 ) -> Decision:
+    """``admission``: the quota admission that refused (or was evaluated), for the record."""
     return Decision(
         decision_id=decision_id,
         reason=reason,
@@ -186,4 +210,6 @@ def deny(
         policy=policy,
         details=details,
         degraded=degraded,
+        identity=identity,
+        admission=admission,
     )

@@ -64,3 +64,40 @@ def usage_from_object(usage: Any) -> Usage | None:
     if cached is None:
         cached = _detail(usage, "input_tokens_details", "cached_tokens")  # Responses API
     return Usage(inp, out, cached, _detail(usage, "output_tokens_details", "reasoning_tokens"))
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """What one request used, as far as the gateway can tell, and how it knows."""
+
+    #: The breakdown: reported, or (estimated) the prompt's share plus the completion seen.
+    usage: Usage | None
+    total_tokens: int
+    #: "reported" | "estimated" | "upstream_error" | "configured" (no tokens to measure)
+    source: str
+
+
+def measure_response(status: int, reported: Usage | None, estimate_tokens: int) -> Measured:
+    """A response read whole (or not read): reported usage; nothing for an upstream 4xx/5xx (it
+    did no work); else the admission estimate when there is one (``estimated``), or no tokens
+    at all (``configured``: a class measured in other units, or no token limit to estimate for)."""
+    if status >= 400:
+        return Measured(None, 0, "upstream_error")
+    if reported is not None:
+        return Measured(reported, reported.total_tokens, "reported")
+    if estimate_tokens > 0:
+        return Measured(None, estimate_tokens, "estimated")
+    return Measured(None, 0, "configured")
+
+
+def measure_stream(status: int, reported: Usage | None, prompt_tokens: int,
+                   seen_completion_tokens: int) -> Measured:
+    """A streamed response that ended, well or not: reported usage; nothing for an upstream
+    4xx/5xx; otherwise (client gone, upstream reset, no usage event) the prompt's share of the
+    estimate plus the completion seen, ``estimated``, never zero."""
+    if status >= 400:
+        return Measured(None, 0, "upstream_error")
+    if reported is not None:
+        return Measured(reported, reported.total_tokens, "reported")
+    estimated = Usage(prompt_tokens, seen_completion_tokens)
+    return Measured(estimated, max(1, estimated.total_tokens), "estimated")

@@ -56,13 +56,13 @@ def response_status(headers: pb.HttpHeaders) -> int:
     return 0
 
 
-def forwarded_metadata(request: pb.ProcessingRequest, key: str) -> str | None:
-    """A value of our dynamic metadata that Envoy forwarded to this stream
+def forwarded_metadata(request: pb.ProcessingRequest) -> dict[str, str]:
+    """Our dynamic metadata that Envoy forwarded to this stream, as strings
     (``metadata_options.forwarding_namespaces``: the usage filter gets the decision's)."""
     namespace = request.metadata_context.filter_metadata.get(METADATA_NAMESPACE)
-    if namespace is None or key not in namespace.fields:
-        return None
-    return namespace.fields[key].string_value or None
+    if namespace is None:
+        return {}
+    return {key: value.string_value for key, value in namespace.fields.items() if value.string_value}
 
 
 def request_facts(headers: pb.HttpHeaders, listener: str) -> RequestFacts:

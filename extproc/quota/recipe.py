@@ -32,6 +32,11 @@ class SettleRecipe:
     #: plus what it was seen to generate).
     prompt_tokens: int = 0
 
+    @property
+    def counts_tokens(self) -> bool:
+        """A token rate or token budget is settled by this recipe (the usage moves it)."""
+        return any(limit.counts_tokens for group in self.groups for limit in group)
+
     def to_json(self) -> str:
         return json.dumps({"l": self.lease_id, "e": self.estimate_tokens, "p": self.prompt_tokens,
                            "g": [[[x.key, x.tag, x.kind, int(x.counts_tokens), x.a, x.b] for x in g]

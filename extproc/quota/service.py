@@ -37,7 +37,7 @@ class QuotaService:
     def __init__(self, store: QuotaStore | None, local: LocalLimiter | None = None) -> None:
         self.store = store
         self.local = local or LocalLimiter()
-        self._orphans: set[asyncio.Future[None]] = set()
+        self._orphans: set[asyncio.Future[bool]] = set()
 
     async def admit(self, settings: QuotaSettings, identity: Identity, cls: Classification,
                     route: str | None, body: Mapping[str, Any] | None, lease_id: str,
@@ -143,18 +143,20 @@ class QuotaService:
                         "estimate", extra={"decision_id": recipe.lease_id, "error": str(exc)[:200]})
             return False
 
-    async def settle(self, ticket: QuotaTicket, lease_id: str, actual_tokens: int | None = None) -> None:
-        """Release the lease and true up; failures are logged (leases expire by TTL)."""
+    async def settle(self, ticket: QuotaTicket, lease_id: str, actual_tokens: int | None = None) -> bool:
+        """Release the lease and true up; failures are logged (leases expire by TTL).
+        False when this admission was settled already (by the usage filter's stream)."""
         admission = ticket.admission
         if admission.degraded in ("open", "closed"):
-            return
+            return True
         if actual_tokens is None and not ticket.plan.has_leases:
-            return  # no lease to release and nothing to true up: no round trip
+            return True  # no lease to release and nothing to true up: no round trip
         try:
             if admission.degraded == "local":
                 await self.local.settle(ticket.plan, lease_id, admission, actual_tokens)
             elif self.store is not None:
-                await self.store.settle(ticket.plan, lease_id, admission, actual_tokens)
+                return await self.store.settle(ticket.plan, lease_id, admission, actual_tokens)
         except StoreUnavailable as exc:
             log.warning("settlement failed; the lease will expire by its TTL",
                         extra={"decision_id": lease_id, "error": str(exc)[:200]})
+        return True

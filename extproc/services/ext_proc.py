@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -12,8 +13,12 @@ import grpc
 from extproc.domain.decision import Decision
 from extproc.domain.facts import RequestFacts
 from extproc.domain.sse_usage import SseUsageReader, StreamUsage
+from extproc.domain.usage import Measured, Usage, measure_response, measure_stream
 from extproc.envoy_api import ext_proc as codec
+from extproc.ledger.records import Timing, cost_units, usage_record
+from extproc.ledger.writer import LedgerWriter
 from extproc.pipeline import AwaitingBody, Pipeline
+from extproc.quota.recipe import SettleRecipe
 from extproc.services.common import internal_error, listener_name
 from extproc.telemetry.decisions import DecisionObserver
 from extproc.telemetry.metrics import STREAMS_OPEN, USAGE_SETTLEMENTS
@@ -34,20 +39,30 @@ _UNREADABLE = RequestFacts(method="", path="", host="", headers={})
 
 
 class _Stream:
-    """What outlives one ext_proc stream's loop: the decision to settle at its end."""
+    """What outlives one ext_proc stream's loop: the decision to settle and what the response showed."""
 
-    __slots__ = ("actual_tokens", "decision")
+    __slots__ = ("decision", "ended", "first_body", "response_at", "started", "status", "usage")
 
     def __init__(self) -> None:
         self.decision: Decision | None = None
-        #: Tokens the response reported (JSON ``usage``); None keeps the admission estimate.
-        self.actual_tokens: int | None = None
+        #: The usage a JSON response reported (None: not read, or none reported).
+        self.usage: Usage | None = None
+        self.status = 0
+        self.started = time.monotonic()
+        self.response_at: float | None = None
+        self.first_body: float | None = None
+        #: How the stream ended: "complete" (we saw the response end), "not_observed" (Envoy
+        #: closed the stream; the body was not ours to read), "aborted" (cancelled early).
+        self.ended = "not_observed"
 
 
 class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
-    def __init__(self, pipeline: Pipeline, observer: DecisionObserver | None = None) -> None:
+    def __init__(self, pipeline: Pipeline, observer: DecisionObserver | None = None,
+                 ledger: LedgerWriter | None = None) -> None:
+        """``ledger``: where usage records go (None: none are kept)."""
         self._pipeline = pipeline
         self._observer = observer or DecisionObserver(_ADAPTER)
+        self._ledger = ledger
         self._settling: set[asyncio.Task[None]] = set()
 
     async def Process(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
@@ -62,22 +77,47 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
         except (asyncio.CancelledError, grpc.aio.AbortError):
             # Envoy cancels the stream when the client goes away or the request
             # ends early: a normal end, nothing to report.
+            stream.ended = "aborted"
             return
         except grpc.aio.UsageError:
+            stream.ended = "aborted"
             return  # write after the RPC finished (cancelled under us)
         finally:
             STREAMS_OPEN.dec()
-            # The HTTP request is over (completed, reset or aborted): settle its quota.
-            # A task of its own, so a cancelled stream cannot cancel the settlement.
+            # The HTTP request is over (completed, reset or aborted): settle its quota, write
+            # its usage record. A task of its own, so a cancelled stream cannot cancel it.
             decision = stream.decision
-            if decision is not None and decision.quota is not None:
-                wait = USAGE_SETTLE_GRACE_S if decision.usage_recipe and stream.actual_tokens is None else 0
-                self._background(self._settle(decision, stream.actual_tokens, wait))
+            if decision is not None and decision.allowed:
+                if decision.quota is not None:
+                    self._background(self._finish(decision, stream, time.monotonic()))
+                elif not decision.usage_stream:
+                    self._record(decision, stream, time.monotonic(), measure_response(
+                        stream.status, stream.usage, 0), charged=0)
 
-    async def _settle(self, decision: Decision, actual_tokens: int | None, wait: float) -> None:
-        if wait:
-            await asyncio.sleep(wait)  # the usage stream settles first with the real usage
-        await self._pipeline.settle(decision, actual_tokens)
+    async def _finish(self, decision: Decision, stream: _Stream, ended_at: float) -> None:
+        if decision.usage_stream:
+            # The usage filter's stream reads this response, settles and writes the record; after
+            # a grace period settle with the estimate, in case it could not (settled once only).
+            if decision.usage_recipe is not None:
+                await asyncio.sleep(USAGE_SETTLE_GRACE_S)
+            await self._pipeline.settle(decision)
+            return
+        ticket = decision.quota
+        counts = ticket.plan.counts_tokens
+        measured = measure_response(stream.status, stream.usage, decision.estimate_tokens if counts else 0)
+        await self._pipeline.settle(decision, measured)
+        charged = measured.total_tokens if counts and decision.degraded != "open" else 0
+        self._record(decision, stream, ended_at, measured, charged)
+
+    def _record(self, decision: Decision, stream: _Stream, ended_at: float, measured: Measured,
+                charged: int) -> None:
+        if self._ledger is None:
+            return
+        timing = Timing(stream.started, stream.response_at, stream.first_body, ended_at)
+        self._ledger.usage(usage_record(
+            decision.metadata(), measured, charged_tokens=charged, status=stream.status, streamed=False,
+            ended=stream.ended, timing=timing, adapter=_ADAPTER, now_ms=int(time.time() * 1000),
+            cost=cost_units(decision)))
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         """A task of its own, so a cancelled stream cannot cancel it; drained on shutdown."""
@@ -88,7 +128,9 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
     async def _observe_usage(self, context: grpc.aio.ServicerContext) -> None:
         """The usage filter's stream (Envoy observability mode): read, never answer, so the
         response reaches the client without waiting for us. Settles when the stream ends."""
-        recipe, status, ended = None, 0, False
+        meta: dict[str, str] = {}
+        status, ended = 0, False
+        started, response_at, first_body = time.monotonic(), None, None
         reader = SseUsageReader()
         try:
             # Envoy does not close an observability stream when the response ends (it keeps
@@ -96,30 +138,49 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
             while not ended and (request := await context.read()) is not grpc.aio.EOF:
                 kind = request.WhichOneof("request")
                 if kind == "response_body":
+                    first_body = first_body or time.monotonic()
                     reader.feed(request.response_body.body)
                     ended = ended or request.response_body.end_of_stream
                 elif kind == "request_headers":
-                    recipe = codec.forwarded_metadata(request, "settle")
+                    meta = codec.forwarded_metadata(request)
                 elif kind == "response_headers":
+                    response_at = time.monotonic()
                     status = codec.response_status(request.response_headers)
                     ended = request.response_headers.end_of_stream
         except (asyncio.CancelledError, grpc.aio.AbortError, grpc.aio.UsageError):
             pass  # the request ended early: settle with what was seen
         finally:
-            if recipe is not None:
-                self._background(self._settle_streamed(recipe, reader.result(ended), status, ended))
+            if meta.get("decision_id"):
+                seen = reader.result(ended)
+                timing = Timing(started, response_at, first_body, time.monotonic())
+                self._background(self._settle_streamed(meta, seen, status, ended, timing))
 
-    async def _settle_streamed(self, recipe: str, seen: StreamUsage, status: int, ended: bool) -> None:
-        try:
-            tokens, source = await self._pipeline.settle_streamed(recipe, seen, status)
-        except Exception:
-            log.exception("settling a streamed response failed; the admitting stream settles it")
-            return
+    async def _settle_streamed(self, meta: dict[str, str], seen: StreamUsage, status: int, ended: bool,
+                               timing: Timing) -> None:
+        measured = measure_stream(status, seen.usage, int(meta.get("prompt_tokens") or 0),
+                                  seen.estimated_completion_tokens)
+        charged, source = 0, measured.source
+        if recipe_json := meta.get("settle"):
+            try:
+                recipe = SettleRecipe.from_json(recipe_json)
+                settled = await self._pipeline.settle_streamed(recipe, measured)
+            except Exception:
+                log.exception("settling a streamed response failed; the admitting stream settles it")
+                return
+            if recipe.counts_tokens:
+                # Not settled here: the admitting stream keeps (or kept) the estimate.
+                charged = measured.total_tokens if settled else recipe.estimate_tokens
+            source = source if settled else "already_settled"
         USAGE_SETTLEMENTS.labels(source).inc()
         if source != "reported":
             log.info("streamed response settled without reported usage", extra={
-                "source": source, "tokens": tokens, "completed": seen.completed and ended,
-                "events": seen.events, "status": status})
+                "decision_id": meta.get("decision_id"), "source": source, "tokens": measured.total_tokens,
+                "completed": seen.completed and ended, "events": seen.events, "status": status})
+        if self._ledger is not None:
+            how = "complete" if ended and seen.completed else "no_usage_event" if ended else "interrupted"
+            self._ledger.usage(usage_record(
+                meta, measured, charged_tokens=charged, status=status, streamed=True, ended=how,
+                timing=timing, adapter=_ADAPTER, now_ms=int(time.time() * 1000)))
 
     def _decided(self, decision: Decision, facts: RequestFacts, timer: PhaseTimer,
                  span: DecisionSpan) -> None:
@@ -173,11 +234,16 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
                 self._decided(decision, facts, timer, span)
                 response = codec.decided(decision, facts, "body")
             elif kind == "response_headers":
+                stream.response_at = time.monotonic()
+                stream.status = codec.response_status(request.response_headers)
+                if request.response_headers.end_of_stream:
+                    stream.ended = "complete"
                 # A local reply (e.g. Envoy's request timeout) may come while we still wait
                 # for the body: the id we already made names the request all the same.
                 if decision is not None:
-                    # Read a JSON response's usage when a token quota can be trued up with it.
-                    read = (decision.quota is not None and decision.quota.plan.counts_tokens
+                    # Read a JSON response's usage to record it, or to true up a token quota.
+                    read = ((self._ledger is not None or (decision.quota is not None
+                                                         and decision.quota.plan.counts_tokens))
                             and codec.response_is_json(request.response_headers))
                     response = codec.response_headers(decision.client_headers(), read_body=read)
                 else:
@@ -185,8 +251,10 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
                     response = codec.response_headers(waiting)
             elif kind == "response_body" and decision is not None:
                 body = request.response_body
+                stream.first_body = stream.first_body or time.monotonic()
                 if body.end_of_stream:  # complete: a cut body keeps the estimate
-                    stream.actual_tokens = await self._pipeline.response_tokens(body.body)
+                    stream.ended = "complete"
+                    stream.usage = await self._pipeline.response_usage(body.body)
                 response = codec.passthrough(kind)
             else:
                 response = codec.passthrough(kind)

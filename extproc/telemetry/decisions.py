@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+from typing import Protocol
 
 from prometheus_client import Counter, Histogram
 
@@ -64,9 +65,17 @@ class TenantLabels:
         return "other"
 
 
+class DecisionRecorder(Protocol):
+    """Keeps decision records (``ledger.writer.LedgerWriter``)."""
+
+    def decision(self, decision: Decision, facts: RequestFacts, adapter: str, trace_id: str | None) -> None: ...
+
+
 class DecisionObserver:
-    def __init__(self, adapter: str, tenant_cap: int = 100, allow_log_sample: float = 0.0) -> None:
+    def __init__(self, adapter: str, tenant_cap: int = 100, allow_log_sample: float = 0.0,
+                 recorder: DecisionRecorder | None = None) -> None:
         self._adapter = adapter
+        self._recorder = recorder
         self._errors = ERRORS.labels(adapter)
         self._phases: dict[str, Histogram] = {}
         self._counters: dict[tuple[Reason, WorkloadClass, str | None], Counter] = {}
@@ -94,6 +103,8 @@ class DecisionObserver:
         if decision.quota is not None and decision.allowed:
             TOKENS_RESERVED.labels(decision.workload.value, decision.route or "-").inc(
                 decision.quota.plan.estimate_tokens)
+        if self._recorder is not None:
+            self._recorder.decision(decision, facts, self._adapter, current_trace_id())
         if not decision.allowed or decision.degraded or (
                 self._allow_log_sample and random.random() < self._allow_log_sample):
             self._log(decision, facts, outcome)

@@ -51,3 +51,11 @@ USAGE_SETTLEMENTS = Counter(
     "extproc_streamed_usage_settlements_total",
     "Streamed responses settled by the usage stream, by source of the count "
     "(reported, estimated, upstream_error, already_settled)", ["source"])
+RECORDS = Counter(
+    "extproc_records_total",
+    "Decision and usage records by result: written to Redis, or dropped (buffer full while Redis "
+    "was unreachable)", ["kind", "result"])
+RECORDS_PENDING = Gauge("extproc_records_pending", "Records waiting to be written to Redis",
+                        multiprocess_mode="livesum")
+RECORDS_FLUSH_ERRORS = Counter("extproc_records_flush_errors_total",
+                               "Failed batch writes of records (kept and retried)")

@@ -1,0 +1,137 @@
+"""Decision and usage records as the protobuf messages of ``protos/extproc/ledger/v1`` (pure).
+
+A usage record is built from the decision's facts as a flat string map (``Decision.metadata()``,
+which is also what Envoy forwards to the usage filter's stream, possibly in another process),
+so both streams that may write it build the same record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from extproc.domain.decision import Decision
+from extproc.domain.facts import RequestFacts
+from extproc.domain.usage import Measured
+from extproc.ledger.v1 import ledger_pb2 as pb
+
+UsageRecord = pb.UsageRecord
+DecisionRecord = pb.DecisionRecord
+PolicyEvaluation = pb.PolicyEvaluation
+
+SOURCES = {
+    "reported": pb.USAGE_SOURCE_REPORTED,
+    "estimated": pb.USAGE_SOURCE_ESTIMATED,
+    "upstream_error": pb.USAGE_SOURCE_UPSTREAM_ERROR,
+    "configured": pb.USAGE_SOURCE_CONFIGURED,
+}
+SOURCE_NAMES = {value: name for name, value in SOURCES.items()}
+_MAX_PATH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Monotonic instants (``time.monotonic()``) of one request as a stream saw it."""
+
+    started: float
+    headers: float | None = None  # response headers
+    first_body: float | None = None  # first response body bytes (a stream's first token)
+    ended: float | None = None
+
+    def ms(self, at: float | None) -> int:
+        return 0 if at is None else max(0, round((at - self.started) * 1000))
+
+
+def usage_record(meta: Mapping[str, str], measured: Measured, *, charged_tokens: int, status: int,
+                 streamed: bool, ended: str, timing: Timing, adapter: str, now_ms: int,
+                 cost: tuple[str, int] | None = None) -> pb.UsageRecord:
+    """``meta``: the decision's metadata (``Decision.metadata()``). ``cost``: the configured
+    cost unit and units charged, for classes measured in other units than tokens."""
+    usage = measured.usage
+    record = pb.UsageRecord(
+        decision_id=meta.get("decision_id", ""),
+        time_unix_ms=now_ms,
+        tenant=meta.get("tenant", ""),
+        subject=meta.get("subject", ""),
+        workload_class=meta.get("class", ""),
+        model_requested=meta.get("model", ""),
+        model_served=meta.get("model_served", ""),
+        upstream=meta.get("upstream", ""),
+        route=meta.get("route", ""),
+        route_version=int(meta.get("route_version") or 0),
+        source=SOURCES[measured.source],
+        charged_tokens=charged_tokens,
+        status=status,
+        streamed=streamed,
+        ttfb_ms=timing.ms(timing.headers),
+        ttft_ms=timing.ms(timing.first_body),
+        total_ms=timing.ms(timing.ended),
+        ended=ended,
+        adapter=adapter,
+        degraded=meta.get("degraded", ""),
+    )
+    tokens = record.tokens
+    tokens.total = measured.total_tokens
+    if usage is not None:
+        tokens.prompt, tokens.completion = usage.prompt_tokens, usage.completion_tokens
+        tokens.cached, tokens.reasoning = usage.cached_tokens, usage.reasoning_tokens
+    if cost is not None:
+        record.cost_unit, record.cost_units = cost
+    return record
+
+
+def decision_record(decision: Decision, facts: RequestFacts, *, adapter: str, trace_id: str | None,
+                    now_ms: int) -> pb.DecisionRecord:
+    record = pb.DecisionRecord(
+        decision_id=decision.decision_id,
+        time_unix_ms=now_ms,
+        adapter=adapter,
+        listener=facts.listener,
+        allowed=decision.allowed,
+        reason=decision.reason.value,
+        status=decision.status,
+        message=decision.message,
+        tenant=decision.tenant or "",
+        method=facts.method,
+        path=facts.path[:_MAX_PATH],
+        host=facts.host,
+        workload_class=decision.workload.value,
+        classification_rule=decision.rule or "",
+        model_requested=decision.model or "",
+        model_served=decision.model_served or "",
+        route=decision.route or "",
+        route_version=decision.route_version or 0,
+        upstream=decision.upstream or "",
+        deciding_policy=decision.policy or "",
+        degraded=decision.degraded or "",
+        estimate_tokens=decision.estimate_tokens,
+        trace_id=trace_id or "",
+        max_tokens_clamped=decision.clamped,
+    )
+    identity = decision.identity
+    if identity is not None:
+        record.subject, record.plan, record.issuer = identity.subject, identity.plan, identity.issuer
+        record.scopes.extend(sorted(identity.scopes))
+        record.verified = identity.verified
+    if decision.admission is not None:
+        for state in decision.admission.states:
+            limit = state.limit
+            record.policies.add(
+                policy=limit.policy.name, dimension=limit.dimension, limit=limit.limit,
+                window=limit.window, cost=limit.cost, used=state.used, remaining=state.remaining,
+                reset_ms=state.reset_ms, retry_ms=state.retry_ms, allowed=state.allowed,
+                enforced=limit.policy.enforce)
+    return record
+
+
+def cost_units(decision: Decision) -> tuple[str, int] | None:
+    """The configured cost of a request measured in other units than tokens (seconds of video,
+    jobs…): the first such budget that applied to it."""
+    ticket = decision.quota
+    if ticket is None:
+        return None
+    for limit in ticket.plan.limits:
+        budget = limit.policy.budget
+        if limit.dimension == "budget" and budget is not None and not limit.counts_tokens:
+            return budget.unit.value, limit.cost
+    return None
