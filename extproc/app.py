@@ -29,6 +29,8 @@ from extproc.config.model import Snapshot
 from extproc.config.reloader import ConfigHolder
 from extproc.envoy_api import ext_authz, ext_proc
 from extproc.identity.authenticator import JwtAuthenticator
+from extproc.ledger.spec import RecordSettings
+from extproc.ledger.writer import LedgerWriter
 from extproc.pipeline import Pipeline
 from extproc.quota.local_store import LocalLimiter
 from extproc.quota.redis_client import client_from_url
@@ -36,7 +38,7 @@ from extproc.quota.redis_store import RedisQuotaStore
 from extproc.quota.service import QuotaService
 from extproc.routing.store import RouteStore
 from extproc.routing.sync import RouteSync
-from extproc.services.admin_http import build_admin_app
+from extproc.services.admin_http import RecordsApi, build_admin_app
 from extproc.services.ext_authz import AuthorizationService
 from extproc.services.ext_proc import ExternalProcessorService
 from extproc.settings import Settings, split_host_port
@@ -71,10 +73,17 @@ class Worker:
         # pub/sub connection, away from the quota path's short ones. No Redis: the file's table.
         self.routes = (RouteSync(RouteStore(client_from_url(settings.redis_url, 2.0)), self.config.current,
                                  settings.routes_poll_seconds) if settings.redis_url else None)
-        self.pipeline = Pipeline(self.config, self.identity, self.quota, self.routes)
+        # Records go to Redis on their own client too, written in the background in batches.
+        self.ledger = (LedgerWriter(client_from_url(settings.redis_url, 2.0), self._records_settings)
+                       if settings.redis_url else None)
+        self.pipeline = Pipeline(self.config, self.identity, self.quota, self.routes,
+                                 usage_records=self.ledger is not None)
         self.health = health.aio.HealthServicer()
         self.serving = False
         self.started_at = time.time()
+
+    def _records_settings(self) -> RecordSettings:
+        return self.config.current.config.records
 
     def status(self) -> dict[str, Any]:
         st = self.config.status
@@ -99,16 +108,22 @@ class Worker:
                 "breaker": self.quota.store.breaker.state if isinstance(self.quota.store, RedisQuotaStore)
                 else None,
             },
+            "records": {
+                "enabled": self.ledger is not None and self._records_settings().enabled,
+                "pending": self.ledger.pending if self.ledger else 0,
+            },
         }
 
     async def run(self, stop: asyncio.Event) -> None:
         server = grpc.aio.server(options=_GRPC_OPTIONS)
         tracing.configure()
         cap, sample = self.settings.metrics_tenant_cap, self.settings.log_allow_sample
-        ext_proc_service = ExternalProcessorService(self.pipeline, DecisionObserver("ext_proc", cap, sample))
+        ledger = self.ledger
+        ext_proc_service = ExternalProcessorService(
+            self.pipeline, DecisionObserver("ext_proc", cap, sample, ledger), ledger)
         ext_proc.add_to_server(ext_proc_service, server)
-        ext_authz.add_to_server(
-            AuthorizationService(self.pipeline, DecisionObserver("ext_authz", cap, sample)), server)
+        ext_authz.add_to_server(AuthorizationService(
+            self.pipeline, DecisionObserver("ext_authz", cap, sample, ledger), ledger), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for address in self.settings.listen:
             if address.startswith("unix:"):
@@ -127,6 +142,7 @@ class Worker:
         self.serving = True
         watcher = asyncio.create_task(self.config.watch(self.settings.reload_interval))
         route_sync = asyncio.create_task(self.routes.run()) if self.routes else None
+        records = asyncio.create_task(self.ledger.run()) if self.ledger else None
         log.info("serving", extra={"listen": list(self.settings.listen), "admin": self.settings.admin,
                                    "config_version": self.config.current.version})
         await stop.wait()
@@ -144,6 +160,10 @@ class Worker:
         if route_sync is not None:
             route_sync.cancel()
         await ext_proc_service.drain()  # settle what ended during the drain
+        if records is not None and self.ledger is not None:
+            records.cancel()
+            await self.ledger.close()  # write what the drain recorded
+            await self.ledger.client.aclose()
         await self.identity.close()
         if self.redis is not None:
             await self.redis.aclose()
@@ -162,7 +182,11 @@ class Worker:
     async def _start_admin(self) -> web.AppRunner | None:
         if not self.settings.admin:
             return None
-        runner = web.AppRunner(build_admin_app(self.status), access_log=None)
+        records = None
+        if self.ledger is not None:
+            records = RecordsApi(self.ledger.client, lambda: self.config.current.config,
+                                 self.settings.admin_token)
+        runner = web.AppRunner(build_admin_app(self.status, records), access_log=None)
         await runner.setup()
         host, port = split_host_port(self.settings.admin)
         await web.TCPSite(runner, host, port).start()
@@ -213,6 +237,8 @@ def run_supervisor(settings: Settings) -> int:
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     if settings.redis_url:  # by environment, not argv: the URL may hold a password (ps, /proc)
         env["EXTPROC_REDIS_URL"] = settings.redis_url
+    if settings.admin_token:
+        env["EXTPROC_ADMIN_TOKEN"] = settings.admin_token
     for i in range(settings.workers):
         children[i] = subprocess.Popen(worker_command(settings, i), env=env)
     log.info("supervising workers", extra={"workers": settings.workers})

@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--routes-poll-seconds", type=float,
                    default=float(env_default("ROUTES_POLL_SECONDS", "2")),
                    help="how often to check Redis for a new routing table (besides pub/sub)")
+    s.add_argument("--admin-token-file", default=env_default("ADMIN_TOKEN_FILE", "") or None,
+                   help="file holding the bearer token of the admin records API (/v1/decisions, /v1/usage);"
+                        " or set EXTPROC_ADMIN_TOKEN")
     s.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
 
     c = sub.add_parser("check-config", help="validate a policy file; non-zero exit on errors")
@@ -75,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--listen", action="append", required=True, help="HOST:PORT or unix:/path")
 
     _routes_parser(sub)
+    _records_parser(sub)
 
     e = sub.add_parser("envoy-config", help="render envoy/gateway.yaml for given sidecar endpoints")
     e.add_argument("--sidecar", action="append", required=True, help="HOST:PORT or unix:/path")
@@ -111,6 +115,20 @@ def _routes_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     x.add_argument("--file", default=None, help="explain against this table file instead of Redis")
 
 
+def _records_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--redis-url", default=env_default("REDIS_URL", ""), help="where the records are")
+    common.add_argument("--config", default=env_default("CONFIG", ""),
+                        help="the policy file (budgets for `usage`; the allow sampling for `explain`)")
+    common.add_argument("--json", action="store_true", help="print the JSON document instead")
+    x = sub.add_parser("explain", parents=[common], help="why a decision came out as it did, in plain words")
+    x.add_argument("decision_id")
+    u = sub.add_parser("usage", parents=[common], help="a tenant's usage and remaining budgets")
+    u.add_argument("--tenant", required=True)
+    u.add_argument("--since", default="24h", help="1h, 30m, 7d, or an ISO-8601 time (default 24h)")
+    u.add_argument("--by", default="model", help="model, class, day, route or none (default model)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
@@ -139,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "routes":
         return _routes(args)
+    if args.command in ("explain", "usage"):
+        return _records(args)
     if args.command == "envoy-config":
         from extproc.devstack.envoy_config import render
 
@@ -232,6 +252,58 @@ async def _routes_redis(args: argparse.Namespace, config: Any, workload: Any) ->
     return _print(*result)
 
 
+def _records(args: argparse.Namespace) -> int:
+    from extproc.config.loader import load_file
+    from extproc.config.reader import ConfigError
+    from extproc.ledger.query import GROUPINGS, parse_since
+
+    if not args.redis_url:
+        print(f"extproc {args.command}: --redis-url URL (or EXTPROC_REDIS_URL) is required", file=sys.stderr)
+        return 2
+    try:
+        config = load_file(args.config) if args.config else None
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    since = 0
+    if args.command == "usage":
+        if args.by not in GROUPINGS:
+            print(f"extproc usage: --by must be one of {', '.join(GROUPINGS)}", file=sys.stderr)
+            return 2
+        try:
+            since = parse_since(args.since)
+        except ValueError as exc:
+            print(f"extproc usage: --since: {exc}", file=sys.stderr)
+            return 2
+    return asyncio.run(_records_redis(args, config, since))
+
+
+async def _records_redis(args: argparse.Namespace, config: Any, since_ms: int) -> int:
+    import json
+
+    from redis.exceptions import RedisError
+
+    from extproc.ledger import operator as ops
+    from extproc.quota.redis_client import client_from_url
+
+    client = client_from_url(args.redis_url, 5.0)
+    try:
+        if args.command == "explain":
+            doc = await ops.decision_document(client, args.decision_id, config)
+            code = 0 if doc["found"] else 1
+            result = (code, json.dumps(doc, indent=2) if args.json else doc["explain"])
+        else:
+            report, budgets = await ops.usage_document(client, config, args.tenant, since_ms, args.by)
+            text = (json.dumps(ops.usage_json(report, budgets), indent=2) if args.json
+                    else ops.usage_text(report, budgets))
+            result = (0, text)
+    except (OSError, RedisError) as exc:
+        result = (1, f"cannot reach Redis at {_redacted(args.redis_url)}: {exc}")
+    finally:
+        await client.aclose()
+    return _print(*result)
+
+
 def _redacted(url: str) -> str:
     return re.sub(r"//[^@/]*@", "//***@", url)
 
@@ -254,6 +326,13 @@ def _serve(args: argparse.Namespace) -> int:
     configure(args.log_level, args.worker_index)
     if _check_config(args.config, quiet=True) != 0:
         return 1
+    admin_token = env_default("ADMIN_TOKEN", "") or None
+    if args.admin_token_file:
+        try:
+            admin_token = Path(args.admin_token_file).read_text().strip() or None
+        except OSError as exc:
+            print(f"extproc serve: --admin-token-file: {exc}", file=sys.stderr)
+            return 2
     settings = Settings(
         config_path=Path(args.config),
         listen=tuple(args.listen or [env_default("LISTEN", "127.0.0.1:50051")]),
@@ -267,6 +346,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_allow_sample=args.log_allow_sample,
         log_level=args.log_level,
         routes_poll_seconds=args.routes_poll_seconds,
+        admin_token=admin_token,
     )
     if settings.workers > 1:
         return app.run_supervisor(settings)

@@ -27,6 +27,8 @@ class Settings:
     log_allow_sample: float = 0.0
     #: Safety-net check of the live routing table (pub/sub announces new versions at once).
     routes_poll_seconds: float = 2.0
+    #: Bearer token for the admin HTTP's records API (/v1/…); None: that API is off.
+    admin_token: str | None = None
 
     def for_worker(self, index: int) -> Settings:
         """Worker ``index`` of N: TCP ports offset by index; sockets get a ``-index`` suffix."""

@@ -68,7 +68,8 @@ class TenantLabels:
 class DecisionRecorder(Protocol):
     """Keeps decision records (``ledger.writer.LedgerWriter``)."""
 
-    def decision(self, decision: Decision, facts: RequestFacts, adapter: str, trace_id: str | None) -> None: ...
+    def decision(self, decision: Decision, facts: RequestFacts, adapter: str,
+                 trace_id: str | None) -> None: ...
 
 
 class DecisionObserver:
