@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import shutil
 import signal
 import socket
@@ -105,10 +106,15 @@ class Demo:
         # The demo policy names the issuer at its default port: follow --port-offset.
         policy = self.run_dir / "policy.yaml"
         policy.write_text(self.config.read_text().replace(DEFAULT_ISSUER, self.issuer))
+        # The admin records API (/v1/decisions, /v1/usage) wants a token: a fresh one per run.
+        token_file = self.run_dir / "admin-token"
+        token_file.touch(mode=0o600)
+        token_file.write_text(secrets.token_urlsafe(24))
         self._spawn("sidecar", [sys.executable, "-m", "extproc", "serve", "--config",
                                 str(policy), "--listen", f"127.0.0.1:{self.ports.sidecar}",
                                 "--admin", f"127.0.0.1:{self.ports.sidecar_admin}",
                                 "--redis-url", f"redis://127.0.0.1:{self.ports.redis}/0",
+                                "--admin-token-file", str(token_file),
                                 "--workers", str(self.workers)])
         sidecars = [f"127.0.0.1:{self.ports.sidecar + i}" for i in range(self.workers)]
         envoy_yaml = self.run_dir / "envoy.yaml"
@@ -188,6 +194,10 @@ Try:
   FREE=$(.venv/bin/extproc token --tenant globex --plan free{issuer_flag})   # 60 requests/min
   for i in $(seq 65); do curl -s -o /dev/null -w '%{{http_code}} ' -H "authorization: Bearer $FREE" \
     http://127.0.0.1:{e.ext_proc}/v1/models; done; echo   # ...200s, then 429s
+  .venv/bin/extproc explain DECISION_ID     # any x-extproc-decision-id above: why, in plain words
+  .venv/bin/extproc usage --tenant acme --since 1h --by model   # where the tokens went, budgets left
+  curl -s -H "authorization: Bearer $(cat {self.run_dir}/admin-token)" \
+       'http://127.0.0.1:{self.ports.sidecar_admin}/v1/usage?tenant=acme&since=1h'   # the same, as JSON
 
 Ctrl-C stops everything.
 """

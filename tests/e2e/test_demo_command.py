@@ -69,9 +69,28 @@ def test_demo_runs_the_whole_gateway_and_stops_everything(tmp_path: Path) -> Non
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.status == 200
             assert r.headers["x-demo-pool"] == "pool-a"
-            assert r.headers["x-extproc-decision-id"]
+            decision_id = r.headers["x-extproc-decision-id"]
             assert json.loads(r.read())["usage"]["total_tokens"] > 0
         wait_http(f"http://127.0.0.1:{ports.sidecar_admin}/readyz")
+        # The banner's record commands answer for that request.
+        redis_url = f"redis://127.0.0.1:{ports.redis}/0"
+        deadline = time.monotonic() + 10
+        while (explained := subprocess.run(
+                [sys.executable, "-m", "extproc", "explain", decision_id, "--redis-url", redis_url],
+                capture_output=True, text=True, env=env)).returncode != 0:
+            assert time.monotonic() < deadline, explained.stdout + explained.stderr
+            time.sleep(0.2)
+        assert "ALLOWED" in explained.stdout and "tenant 'acme'" in explained.stdout
+        admin_token = (tmp_path / "run" / "admin-token").read_text()
+        req = urllib.request.Request(f"http://127.0.0.1:{ports.sidecar_admin}/v1/usage?tenant=acme",
+                                     headers={"authorization": f"Bearer {admin_token}"})
+        deadline = time.monotonic() + 10
+        while True:  # the usage record is written just after the response
+            with urllib.request.urlopen(req, timeout=10) as r:
+                if json.loads(r.read())["total"]["requests"] >= 1:
+                    break
+            assert time.monotonic() < deadline, "no usage record for the demo request"
+            time.sleep(0.2)
     finally:
         demo.send_signal(signal.SIGINT)
         code = demo.wait(timeout=30)

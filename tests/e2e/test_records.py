@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from extproc.devstack.demo import DEMO_CONFIG
 from extproc.ledger.records import SOURCE_NAMES, UsageRecord
 from extproc.ledger.spec import USAGE_STREAM
 from extproc.quota.plan import tenant_tag
@@ -27,10 +26,6 @@ from tests.e2e.stack import Stack, start_stack
 pytestmark = pytest.mark.e2e
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
-RECORDS = """
-records:
-  decisions: {allow_sample: 1.0}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +33,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("records")
     token_file = tmp / "admin-token"
     token_file.write_text(ADMIN_TOKEN + "\n")
-    s = start_stack(tmp / "stack", config_text=DEMO_CONFIG.read_text() + RECORDS,
-                    sidecar_args=("--admin-token-file", str(token_file)))
+    # The demo policy keeps every allowed decision's record (allow_sample: 1.0).
+    s = start_stack(tmp / "stack", sidecar_args=("--admin-token-file", str(token_file)))
     yield s
     s.stop()
 
