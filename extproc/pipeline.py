@@ -182,7 +182,8 @@ class Pipeline:
         if ticket is None:
             return allow(decision_id, cls, identity, route, served,
                          body_rewrite=_rewrite(facts, body, upstream_body), usage_stream=read_stream,
-                         prompt_tokens=prompt_tokens(body) if read_stream else 0)
+                         prompt_tokens=prompt_tokens(body) if read_stream else 0,
+                         usage_recipe=self._usage_recipe(streamed, None, decision_id, identity))
         admission = ticket.admission
         if admission.degraded == "closed":
             return deny(decision_id, Reason.QUOTA_STORE_UNAVAILABLE,
@@ -193,7 +194,7 @@ class Pipeline:
             return allow(decision_id, cls, identity, route, served, quota=ticket,
                          response_headers=tuple(quota_headers.allowed(admission)),
                          degraded=admission.degraded, body_rewrite=_rewrite(facts, body, upstream_body),
-                         usage_recipe=self._usage_recipe(streamed, ticket, decision_id),
+                         usage_recipe=self._usage_recipe(streamed, ticket, decision_id, identity),
                          usage_stream=read_stream)
         # 7. Refused. A token budget may let the request through with a smaller max_tokens
         #    (ext_proc only: ext_authz cannot rewrite a body).
@@ -206,19 +207,24 @@ class Pipeline:
                              response_headers=(*quota_headers.allowed(ticket.admission),
                                                ("x-extproc-max-tokens-clamped", str(new_body[field]))),
                              body_rewrite=json.dumps(new_body, separators=(",", ":")).encode(),
-                             usage_recipe=self._usage_recipe(streamed, ticket, decision_id),
+                             usage_recipe=self._usage_recipe(streamed, ticket, decision_id, identity),
                              usage_stream=read_stream, clamped=True)
         reason, message, headers, details = quota_headers.denial(admission)
         return deny(decision_id, reason, message, cls, identity, headers=tuple(headers),
                     policy=admission.blocking.limit.policy.name, details=tuple(details.items()),
                     degraded=admission.degraded, admission=admission)
 
-    def _usage_recipe(self, streamed: bool, ticket: QuotaTicket, decision_id: str) -> str | None:
-        """A streamed response's usage is read by the usage filter's stream: it settles with this."""
+    def _usage_recipe(self, streamed: bool, ticket: QuotaTicket | None, decision_id: str,
+                      identity: Identity) -> str | None:
+        """A streamed response's usage is read by the usage filter's stream: it settles with this.
+        Without limits to settle, only when usage records are kept (the recipe then only says
+        which of the two streams writes the record)."""
         if not streamed:
             return None
-        recipe = self._quota.recipe(ticket, decision_id)
-        return recipe.to_json() if recipe else None
+        recipe = self._quota.recipe(ticket, decision_id, identity.tenant)
+        if recipe is None or not (recipe.groups or self._usage_records):
+            return None
+        return recipe.to_json()
 
     async def response_usage(self, raw: bytes) -> Usage | None:
         """The usage a complete JSON response reports (None: it reports none)."""

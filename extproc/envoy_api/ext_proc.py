@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from datetime import datetime
+
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
@@ -63,6 +66,21 @@ def forwarded_metadata(request: pb.ProcessingRequest) -> dict[str, str]:
     if namespace is None:
         return {}
     return {key: value.string_value for key, value in namespace.fields.items() if value.string_value}
+
+
+def response_attributes(request: pb.ProcessingRequest) -> tuple[int, float | None]:
+    """``response.code`` and ``request.time`` (unix seconds), which the usage filter asks for
+    (``response_attributes``) instead of the response headers: Envoy sends them with its first
+    message of the response. (0, None) when absent."""
+    status, started = 0, None
+    for attributes in request.attributes.values():
+        fields = attributes.fields
+        if "response.code" in fields:
+            status = int(fields["response.code"].number_value)
+        if "request.time" in fields:
+            with contextlib.suppress(ValueError):
+                started = datetime.fromisoformat(fields["request.time"].string_value).timestamp()
+    return status, started
 
 
 def request_facts(headers: pb.HttpHeaders, listener: str) -> RequestFacts:

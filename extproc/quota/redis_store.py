@@ -141,15 +141,20 @@ class RedisQuotaStore:
         return await self.settle_recipe(settle_recipe(plan, admission, lease_id), delta)
 
     async def settle_recipe(self, recipe: SettleRecipe, delta: int) -> bool:
-        """Settle from a recipe (possibly made by another process: ``settle_recipe``)."""
-        if len(recipe.groups) == 1:  # the usual case: no task per call
-            return await self._settle_group(recipe.groups[0], recipe.lease_id, delta)
+        """Settle from a recipe (possibly made by another process: ``settle_recipe``). A recipe
+        without limits only sets the settled marker: True for the first caller."""
         lease = recipe.lease_id
-        results = await asyncio.gather(*(self._settle_group(g, lease, delta) for g in recipe.groups))
+        if not recipe.groups:
+            return await self._settle_group(recipe.tag, (), lease, delta)
+        if len(recipe.groups) == 1:  # the usual case: no task per call
+            return await self._settle_group(recipe.groups[0][0].tag, recipe.groups[0], lease, delta)
+        results = await asyncio.gather(*(self._settle_group(g[0].tag, g, lease, delta)
+                                         for g in recipe.groups))
         return all(results)
 
-    async def _settle_group(self, group: tuple[SettleLimit, ...], lease_id: str, delta: int) -> bool:
-        keys = [f"xq:{{{group[0].tag}}}:s:{lease_id}"]
+    async def _settle_group(self, tag: str, group: tuple[SettleLimit, ...], lease_id: str,
+                            delta: int) -> bool:
+        keys = [f"xq:{{{tag}}}:s:{lease_id}"]
         args = [self._now, lease_id, str(SETTLED_MARKER_TTL_MS)]
         for limit in group:
             cost_delta = str(delta if limit.counts_tokens else 0)

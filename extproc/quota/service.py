@@ -12,7 +12,7 @@ from typing import Any
 from extproc.domain.classify import Classification
 from extproc.domain.identity import Identity
 from extproc.quota.local_store import LocalLimiter
-from extproc.quota.plan import QuotaPlan, completion_field, plan, prompt_tokens
+from extproc.quota.plan import QuotaPlan, completion_field, plan, prompt_tokens, tenant_tag
 from extproc.quota.recipe import SettleRecipe
 from extproc.quota.redis_store import RedisQuotaStore, settle_recipe
 from extproc.quota.spec import FailureMode, QuotaSettings
@@ -124,13 +124,18 @@ class QuotaService:
                     extra={"mode": mode, "error": error[:200], "decision_id": lease_id})
         return admission
 
-    def recipe(self, ticket: QuotaTicket, lease_id: str) -> SettleRecipe | None:
-        """How another process can settle this admission (None: only this one can, or nothing to do)."""
+    def recipe(self, ticket: QuotaTicket | None, lease_id: str, tenant: str) -> SettleRecipe | None:
+        """How another process can settle this admission (None: only this one can). With
+        nothing to true up or release, a recipe of the settled marker alone: it still decides,
+        once, which stream settles (and writes the request's usage record)."""
+        if not isinstance(self.store, RedisQuotaStore) or (ticket is not None and ticket.admission.degraded):
+            return None  # no Redis, or local (in-process) state: this stream settles it alone
+        if ticket is None:
+            return SettleRecipe(lease_id, 0, (), 0, tag=tenant_tag(tenant))
         plan = ticket.plan
-        if (ticket.admission.degraded or not isinstance(self.store, RedisQuotaStore)
-                or not (plan.counts_tokens or plan.has_leases)):
-            return None  # local (in-process) state, or no Redis: this stream settles it alone
-        return settle_recipe(plan, ticket.admission, lease_id)
+        if plan.counts_tokens or plan.has_leases:
+            return settle_recipe(plan, ticket.admission, lease_id)
+        return SettleRecipe(lease_id, plan.estimate_tokens, (), plan.prompt_tokens, tag=plan.tenant_tag)
 
     async def settle_recipe(self, recipe: SettleRecipe, actual_tokens: int) -> bool:
         """Settle with the real usage from another stream; False if it was settled already."""

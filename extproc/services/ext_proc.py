@@ -95,11 +95,10 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
                         stream.status, stream.usage, 0), charged=0)
 
     async def _finish(self, decision: Decision, stream: _Stream, ended_at: float) -> None:
-        if decision.usage_stream:
-            # The usage filter's stream reads this response, settles and writes the record; after
-            # a grace period settle with the estimate, in case it could not (settled once only).
-            if decision.usage_recipe is not None:
-                await asyncio.sleep(USAGE_SETTLE_GRACE_S)
+        if decision.usage_stream and decision.usage_recipe is not None:
+            await self._usage_stream_fallback(decision, decision.usage_recipe, stream, ended_at)
+            return
+        if decision.usage_stream:  # no recipe (quota store degraded): the usage stream records
             await self._pipeline.settle(decision)
             return
         ticket = decision.quota
@@ -109,13 +108,35 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
         charged = measured.total_tokens if counts and decision.degraded != "open" else 0
         self._record(decision, stream, ended_at, measured, charged)
 
+    async def _usage_stream_fallback(self, decision: Decision, recipe_json: str, stream: _Stream,
+                                     ended_at: float) -> None:
+        """The usage filter's stream reads this response, settles it and writes its record. If it
+        has not after a grace period (no response body, the sidecar unreachable for it), settle
+        with the estimate and write the record here; the settled marker lets only one count."""
+        await asyncio.sleep(USAGE_SETTLE_GRACE_S)
+        recipe = SettleRecipe.from_json(recipe_json)
+        if recipe.counts_tokens:
+            measured = measure_response(stream.status, None, decision.estimate_tokens)
+        else:
+            measured = measure_stream(stream.status, None, decision.prompt_tokens, 0)
+        try:
+            settled = await self._pipeline.settle_streamed(recipe, measured)
+        except Exception:
+            log.exception("settling a streamed response with its estimate failed; leases expire by TTL")
+            return
+        if settled:
+            USAGE_SETTLEMENTS.labels("admitting_stream").inc()
+            stream.ended = "no_usage_stream"
+            self._record(decision, stream, ended_at, measured,
+                         measured.total_tokens if recipe.counts_tokens else 0, streamed=True)
+
     def _record(self, decision: Decision, stream: _Stream, ended_at: float, measured: Measured,
-                charged: int) -> None:
+                charged: int, streamed: bool = False) -> None:
         if self._ledger is None:
             return
         timing = Timing(stream.started, stream.response_at, stream.first_body, ended_at)
         self._ledger.usage(usage_record(
-            decision.metadata(), measured, charged_tokens=charged, status=stream.status, streamed=False,
+            decision.metadata(), measured, charged_tokens=charged, status=stream.status, streamed=streamed,
             ended=stream.ended, timing=timing, adapter=_ADAPTER, now_ms=int(time.time() * 1000),
             cost=cost_units(decision)))
 
@@ -127,33 +148,43 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
 
     async def _observe_usage(self, context: grpc.aio.ServicerContext) -> None:
         """The usage filter's stream (Envoy observability mode): read, never answer, so the
-        response reaches the client without waiting for us. Settles when the stream ends."""
+        response reaches the client without waiting for us. Settles when the stream ends.
+
+        Envoy sends it only the response body (envoy/README.md "Streamed usage"): the first
+        message carries the decision's metadata and the ``response.code`` / ``request.time``
+        attributes, so nothing else competes with the deciding stream's answers."""
         meta: dict[str, str] = {}
         status, ended = 0, False
-        started, response_at, first_body = time.monotonic(), None, None
+        started: float | None = None  # monotonic instant of Envoy's request.time
+        first_body: float | None = None
         reader = SseUsageReader()
         try:
             # Envoy does not close an observability stream when the response ends (it keeps
             # it for deferred_close_timeout): the end of the body is our end.
             while not ended and (request := await context.read()) is not grpc.aio.EOF:
+                if not meta:
+                    meta = codec.forwarded_metadata(request)
+                if request.attributes:
+                    code, at = codec.response_attributes(request)
+                    status = code or status
+                    if at is not None:
+                        started = time.monotonic() - max(0.0, time.time() - at)
                 kind = request.WhichOneof("request")
                 if kind == "response_body":
                     first_body = first_body or time.monotonic()
                     reader.feed(request.response_body.body)
-                    ended = ended or request.response_body.end_of_stream
-                elif kind == "request_headers":
-                    meta = codec.forwarded_metadata(request)
-                elif kind == "response_headers":
-                    response_at = time.monotonic()
+                    ended = request.response_body.end_of_stream
+                elif kind == "response_headers":  # an Envoy config that still sends them
                     status = codec.response_status(request.response_headers)
                     ended = request.response_headers.end_of_stream
         except (asyncio.CancelledError, grpc.aio.AbortError, grpc.aio.UsageError):
             pass  # the request ended early: settle with what was seen
         finally:
             if meta.get("decision_id"):
-                seen = reader.result(ended)
-                timing = Timing(started, response_at, first_body, time.monotonic())
-                self._background(self._settle_streamed(meta, seen, status, ended, timing))
+                start = started if started is not None else (first_body or time.monotonic())
+                # Headers and first chunk of a stream reach the sidecar together.
+                timing = Timing(start, first_body, first_body, time.monotonic())
+                self._background(self._settle_streamed(meta, reader.result(ended), status, ended, timing))
 
     async def _settle_streamed(self, meta: dict[str, str], seen: StreamUsage, status: int, ended: bool,
                                timing: Timing) -> None:
@@ -167,10 +198,10 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
             except Exception:
                 log.exception("settling a streamed response failed; the admitting stream settles it")
                 return
-            if recipe.counts_tokens:
-                # Not settled here: the admitting stream keeps (or kept) the estimate.
-                charged = measured.total_tokens if settled else recipe.estimate_tokens
-            source = source if settled else "already_settled"
+            if not settled:  # the admitting stream settled it (and wrote its record)
+                USAGE_SETTLEMENTS.labels("already_settled").inc()
+                return
+            charged = measured.total_tokens if recipe.counts_tokens else 0
         USAGE_SETTLEMENTS.labels(source).inc()
         if source != "reported":
             log.info("streamed response settled without reported usage", extra={
