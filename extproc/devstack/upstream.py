@@ -4,7 +4,7 @@ Every response names the pool in ``x-demo-pool`` and echoes the ``x-extproc-*``
 headers that reached it in ``x-demo-extproc-headers`` (JSON), so a person or a
 test can see what the gateway sent upstream. ``x-demo-hold: TOKEN`` on a streaming
 request pauses the stream after its first event until ``POST /__demo/release/TOKEN``;
-``x-demo-status: 503`` makes the pool answer that status instead; with
+``x-demo-status: 503`` (any 4xx/5xx, or 204 for no body) makes the pool answer that status instead; with
 ``x-demo-status-pools: pool-a,pool-c`` only the pools named there do (fallback tests).
 """
 
@@ -38,6 +38,9 @@ class DemoPool:
             only = request.headers.get("x-demo-status-pools")
             if only is not None and self.name not in only.split(","):
                 status = ""
+            if status == "204":  # a response without a body (nothing for the usage filter to read)
+                await request.read()
+                return web.Response(status=204, headers=self._headers(request))
             if status.isdigit() and 400 <= int(status) <= 599:
                 await request.read()
                 return web.json_response({"error": {"message": f"demo failure {status}"}},

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import time
 
-_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+#: Crockford base32, lower case: the alphabet of decision ids.
+CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
 def new_decision_id(now_ms: int | None = None) -> str:
@@ -14,6 +15,6 @@ def new_decision_id(now_ms: int | None = None) -> str:
     value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
     out = []
     for _ in range(26):
-        out.append(_CROCKFORD[value & 31])
+        out.append(CROCKFORD[value & 31])
         value >>= 5
     return "".join(reversed(out))

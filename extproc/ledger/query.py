@@ -15,7 +15,7 @@ from typing import Any
 
 from extproc.ledger.records import SOURCE_NAMES, DecisionRecord, UsageRecord
 from extproc.ledger.spec import USAGE_STREAM, decision_key
-from extproc.quota.plan import tenant_tag, utc_offset_seconds
+from extproc.quota.plan import matches, tenant_tag, utc_offset_seconds
 from extproc.quota.spec import QuotaSettings
 
 GROUPINGS = ("model", "class", "day", "route", "none")
@@ -177,7 +177,7 @@ async def budgets_left(client: Any, quotas: QuotaSettings, tenant: str,
     tag = tenant_tag(tenant)
     for p in quotas.policies:
         budget = p.budget
-        if budget is None or p.scope != "tenant" or not _tenant_matches(p.tenant, tenant):
+        if budget is None or p.scope != "tenant" or not matches(p.tenant, tenant):
             continue
         offset = utc_offset_seconds(budget.timezone, now)
         local = (now or datetime.now(UTC)).astimezone(UTC) + timedelta(seconds=offset)
@@ -191,12 +191,6 @@ async def budgets_left(client: Any, quotas: QuotaSettings, tenant: str,
         out.append(BudgetLeft(p.name, budget.unit.value, budget.period, budget.limit, used,
                               max(0, budget.limit - used), ends_ms, ", ".join(conditions) or "all requests"))
     return out
-
-
-def _tenant_matches(pattern: str | None, tenant: str) -> bool:
-    if pattern is None:
-        return True
-    return tenant.startswith(pattern[:-1]) if pattern.endswith("*") else tenant == pattern
 
 
 def parse_since(text: str, now_ms: int | None = None) -> int:

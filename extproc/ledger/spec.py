@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from extproc.domain.ids import CROCKFORD
+
 #: Redis keys. The usage stream is one key (one cluster slot); a decision's record lives under
 #: its own id's hash tag, so lookups by id are one call and records spread over the cluster.
 USAGE_STREAM = "extproc:usage"
 DECISION_KEY_PREFIX = "xd:"
-
-_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
 def decision_key(decision_id: str) -> str:
@@ -41,5 +41,5 @@ def keeps_allowed(decision_id: str, sample: float) -> bool:
         return False
     tail = 0
     for ch in decision_id[-4:]:
-        tail = tail * 32 + max(0, _CROCKFORD.find(ch))
+        tail = tail * 32 + max(0, CROCKFORD.find(ch))
     return tail < sample * 32**4

@@ -76,7 +76,8 @@ def tenant_tag(tenant: str) -> str:
     return "h-" + hashlib.sha256(tenant.encode()).hexdigest()[:32]
 
 
-def _matches(pattern: str | None, value: str | None) -> bool:
+def matches(pattern: str | None, value: str | None) -> bool:
+    """A policy condition: absent (matches all), exact, or a ``prefix*``."""
     if pattern is None:
         return True
     if value is None:
@@ -86,11 +87,11 @@ def _matches(pattern: str | None, value: str | None) -> bool:
 
 def applies(p: QuotaPolicy, identity: Identity, cls: Classification, route: str | None) -> bool:
     return (
-        _matches(p.tenant, identity.tenant)
-        and _matches(p.plan, identity.plan)
+        matches(p.tenant, identity.tenant)
+        and matches(p.plan, identity.plan)
         and (p.workload is None or p.workload is cls.workload)
-        and _matches(p.model, cls.model)
-        and _matches(p.route, route)
+        and matches(p.model, cls.model)
+        and matches(p.route, route)
     )
 
 

@@ -169,6 +169,14 @@ def test_pod_shape_security_and_shutdown_order() -> None:
     assert env["EXTPROC_REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"] == "url"
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes["sockets"] and "configMap" in volumes["policy"]
+    assert "EXTPROC_ADMIN_TOKEN" not in env  # the records API is off unless a Secret is named
+
+
+def test_admin_token_comes_from_a_secret() -> None:
+    pod = by_kind(render({"admin": {"tokenSecret": "extproc-admin"}}), "Deployment")[0]["spec"]["template"]["spec"]
+    sidecar = next(c for c in pod["containers"] if c["name"] == "sidecar")
+    env = {e["name"]: e for e in sidecar["env"]}
+    assert env["EXTPROC_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "extproc-admin", "key": "token"}
 
 
 def test_bad_values_are_refused() -> None:

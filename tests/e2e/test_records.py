@@ -121,18 +121,24 @@ def test_records_reconcile_with_the_counters_over_a_mixed_run(stack: Stack) -> N
     conn.close()
     urllib.request.urlopen(urllib.request.Request(
         f"http://127.0.0.1:{stack.ports.pool_b}/__demo/release/recon-gone", method="POST"), timeout=5).read()
+    # A stream answered without a body never reaches the usage filter: the admitting stream
+    # settles it with the estimate after its grace period and writes the record.
+    status, headers, _ = post(stack, token, {"model": "gpt-4o", "messages": prompt, "stream": True,
+                                             "max_tokens": 40}, {"x-demo-status": "204"})
+    assert status == 204
+    ids["sse-204"] = headers["x-extproc-decision-id"]
     # ext_authz never sees the response: its record is the estimate the counters keep.
     status, headers, _ = post(stack, token, {"model": "gpt-4o", "messages": prompt, "max_tokens": 50},
                               port=stack.ports.ext_authz)
     assert status == 200
-    allowed = 9
+    allowed = 10
     # Denials leave decision records, no usage.
     status, headers, _ = post(stack, "not-a-token", {"model": "gpt-4o", "messages": prompt})
     assert status == 401
     ids["401"] = headers["x-extproc-decision-id"]
 
     wait_for(lambda: len(usage_records(stack, tenant)) >= allowed, "usage records missing")
-    time.sleep(5.5)  # past the admitting streams' grace: nothing may be settled or recorded twice
+    time.sleep(1.0)  # past the admitting streams' grace too: nothing may be settled or recorded twice
     records = usage_records(stack, tenant)
     assert len(records) == allowed
     assert len({r.decision_id for r in records}) == allowed
@@ -140,6 +146,9 @@ def test_records_reconcile_with_the_counters_over_a_mixed_run(stack: Stack) -> N
     sources = {name: SOURCE_NAMES[by_id[ids[name]].source] for name in ("json-0", "json-500", "sse-0", "sse-gone")}
     assert sources == {"json-0": "reported", "json-500": "upstream_error", "sse-0": "reported",
                        "sse-gone": "estimated"}
+    no_body = by_id[ids["sse-204"]]
+    assert (no_body.ended, SOURCE_NAMES[no_body.source], no_body.status) == ("no_usage_stream", "estimated", 204)
+    assert no_body.charged_tokens == no_body.tokens.total > 40  # the estimate (prompt + max_tokens), kept
     gone = by_id[ids["sse-gone"]]
     assert 0 < gone.tokens.total < 900 and gone.streamed and gone.ended == "interrupted"
     ok = by_id[ids["sse-0"]]

@@ -145,3 +145,23 @@ async def test_budgets_left_reads_the_quota_counters(redis_server: RedisServer) 
     assert (left["monthly"].used, left["monthly"].remaining) == (0, 5000)
     assert left["monthly"].resets_at_unix_ms == int(datetime(2026, 12, 1, tzinfo=UTC).timestamp() * 1000)
     await client.aclose()
+
+
+async def test_records_on_a_redis_cluster(redis_cluster_url: str) -> None:
+    from extproc.quota.redis_client import client_from_url
+
+    client = client_from_url(redis_cluster_url, 2.0)
+    writer = LedgerWriter(client, lambda: RecordSettings(allow_sample=1.0))
+    try:
+        denials = [deny(new_decision_id(), Reason.RATE_LIMITED, "slow down", CHAT, ALICE) for _ in range(20)]
+        for d in denials:  # keys hash-tagged by id: spread over the three nodes
+            writer.decision(d, FACTS, "ext_proc", None)
+        for d in denials[:5]:
+            writer.usage(usage(d.decision_id))  # type: ignore[arg-type]
+        while writer.pending:
+            await writer.flush_batch()
+        for d in denials:
+            assert (await find_decision(client, d.decision_id)).decision is not None
+        assert (await usage_report(client, "acme", 0)).total.requests == 5
+    finally:
+        await client.aclose()
