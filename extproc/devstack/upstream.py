@@ -2,7 +2,8 @@
 
 Every response names the pool in ``x-demo-pool`` and echoes the ``x-extproc-*``
 headers that reached it in ``x-demo-extproc-headers`` (JSON), so a person or a
-test can see what the gateway sent upstream. ``x-demo-hold: TOKEN`` on a streaming
+test can see what the gateway sent upstream. ``x-demo-reset: after-first`` on a streaming
+request drops the connection after the first chunk. ``x-demo-hold: TOKEN`` on a streaming
 request pauses the stream after its first event until ``POST /__demo/release/TOKEN``;
 ``x-demo-status: 503`` (any 4xx/5xx, or 204 for no body) makes the pool answer that status instead; with
 ``x-demo-status-pools: pool-a,pool-c`` only the pools named there do (fallback tests).
@@ -103,6 +104,11 @@ class DemoPool:
             chunk = {"id": rid, "object": "chat.completion.chunk", "model": model,
                      "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}
             await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if i == 0 and request.headers.get("x-demo-reset") == "after-first":
+                # The upstream dies mid-stream: the connection goes without a final chunk.
+                assert request.transport is not None
+                request.transport.abort()
+                return resp
             if i == 0 and hold:
                 event = self._holds.setdefault(hold, asyncio.Event())
                 with contextlib.suppress(TimeoutError):

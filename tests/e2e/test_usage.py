@@ -114,3 +114,22 @@ def test_upstream_error_on_a_stream_is_not_charged(stack: Stack) -> None:
     conn.close()
     wait_for(lambda: in_flight(stack, "sse-error") == 0, "lease not released")
     wait_for(lambda: budget_used(stack, "sse-error") == 0, "an upstream failure was charged")
+
+
+def test_upstream_reset_mid_stream_is_charged_an_estimate_once(stack: Stack) -> None:
+    body = {"model": "gpt-4o", "stream": True, "max_tokens": 800, "messages": [{"role": "user", "content": "hi"}]}
+    conn = http.client.HTTPConnection("127.0.0.1", stack.ports.ext_proc, timeout=10)
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={
+        "content-type": "application/json", "x-demo-reset": "after-first",
+        "authorization": f"Bearer {stack.token(tenant='sse-reset', plan='pro')}"})
+    resp = conn.getresponse()
+    assert resp.status == 200  # the headers went out before the upstream died
+    with pytest.raises(http.client.IncompleteRead):
+        resp.read()  # Envoy resets the client's stream: no [DONE]
+    conn.close()
+    wait_for(lambda: in_flight(stack, "sse-reset") == 0, "lease not released")
+    wait_for(lambda: budget_used(stack, "sse-reset") > 0, "nothing charged")
+    charged = budget_used(stack, "sse-reset")
+    assert charged < 800  # the prompt's share and the one chunk seen, not the reservation
+    time.sleep(5.5)
+    assert budget_used(stack, "sse-reset") == charged  # never twice
