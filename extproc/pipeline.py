@@ -230,15 +230,16 @@ class Pipeline:
         """The usage a complete JSON response reports (None: it reports none)."""
         return await _off_loop_if_large(usage_from_json, raw)
 
-    async def settle_streamed(self, recipe: SettleRecipe, measured: Measured) -> bool:
+    async def settle_streamed(self, recipe: SettleRecipe, measured: Measured) -> bool | None:
         """The usage filter's stream read a streamed response to its end (or the end came
         early): settle with what it used. False when the admitting stream settled first
-        (it waits a grace period for this one), or the store could not be reached."""
+        (it waits a grace period for this one); None when the store could not be reached."""
         return await self._quota.settle_recipe(recipe, measured.total_tokens)
 
-    async def settle(self, decision: Decision, measured: Measured | None = None) -> bool:
+    async def settle(self, decision: Decision, measured: Measured | None = None) -> bool | None:
         """The request is over: release its lease, true up its reservation to what it used
-        (an estimate keeps the reservation). Once: False when it was settled already."""
+        (an estimate keeps the reservation). Once: False when it was settled already; None when
+        the store could not be reached (the counters keep the admission's estimate)."""
         if decision.quota is None:
             return True
         actual = measured.total_tokens if measured is not None and measured.source in (

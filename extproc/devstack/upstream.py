@@ -105,7 +105,9 @@ class DemoPool:
                      "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}
             await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
             if i == 0 and request.headers.get("x-demo-reset") == "after-first":
-                # The upstream dies mid-stream: the connection goes without a final chunk.
+                # The upstream dies mid-stream (after the client has its first chunk): the
+                # connection goes without a final chunk.
+                await asyncio.sleep(0.2)
                 assert request.transport is not None
                 request.transport.abort()
                 return resp

@@ -27,8 +27,13 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+#: Larger counts are not usage but garbage (and would not fit a record's int64).
+_MAX_TOKENS = 1 << 53
+
+
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_TOKENS
+    return value if ok else None
 
 
 def _detail(usage: dict[str, Any], section: str, field: str) -> int:

@@ -70,6 +70,17 @@ class LedgerWriter:
         if settings.enabled:
             self._queue(record, settings)
 
+    def usage_from(self, build: Callable[[], UsageRecord]) -> None:
+        """Queue the record ``build()`` makes; a record that cannot be built (a value the schema
+        cannot hold) is dropped, counted and logged, never raised into a request's handler."""
+        try:
+            record = build()
+        except Exception:
+            RECORDS.labels("usage", "invalid").inc()
+            log.exception("usage record could not be built; dropped")
+            return
+        self.usage(record)
+
     def _queue(self, item: _DecisionItem | UsageRecord, settings: RecordSettings) -> None:
         if len(self._pending) >= settings.max_pending:
             kind = "usage" if isinstance(item, UsageRecord) else "decision"
@@ -82,8 +93,8 @@ class LedgerWriter:
             return
         self._pending.append(item)
         RECORDS_PENDING.inc()
-        if len(self._pending) >= BATCH:
-            self._wake.set()
+        if len(self._pending) >= BATCH and self._failing_since is None:
+            self._wake.set()  # flush early; not while Redis fails (the retry backs off)
 
     async def run(self) -> None:
         """Write until cancelled; back off while Redis fails."""
@@ -126,9 +137,14 @@ class LedgerWriter:
             if isinstance(item, UsageRecord):
                 counts["usage"] += 1
                 self._add_usage(pipe, item, settings)
-            else:
-                counts["decision"] += 1
+                continue
+            try:
                 self._add_decision(pipe, item, settings)
+                counts["decision"] += 1
+            except Exception:  # one bad record must not hold back the ones behind it
+                RECORDS.labels("decision", "invalid").inc()
+                log.exception("decision record could not be built; dropped",
+                              extra={"decision_id": item.decision.decision_id})
         if counts["usage"]:
             pipe.xtrim(USAGE_STREAM, minid=str(now_ms - settings.usage_max_age_s * 1000), approximate=True)
         await pipe.execute()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from importlib import resources
 from typing import Any
@@ -108,7 +109,7 @@ class RedisQuotaStore:
     async def _refund(self, limits: tuple[Limit, ...], admission: Admission, lease_id: str) -> None:
         """Undo an admission of these limits (another group refused the request)."""
         keys = [f"xq:{{{limits[0].tag}}}:r:{lease_id}"]
-        args = [self._now, lease_id, str(SETTLED_MARKER_TTL_MS)]
+        args = [self._now, lease_id, str(SETTLED_MARKER_TTL_MS), "refund"]
         for limit, state in zip(limits, admission.states, strict=True):
             keys.append(limit.key)
             if limit.kind == "gcra":
@@ -140,22 +141,24 @@ class RedisQuotaStore:
         delta = 0 if actual_tokens is None else actual_tokens - plan.estimate_tokens
         return await self.settle_recipe(settle_recipe(plan, admission, lease_id), delta)
 
-    async def settle_recipe(self, recipe: SettleRecipe, delta: int) -> bool:
+    async def settle_recipe(self, recipe: SettleRecipe, delta: int, nonce: str = "") -> bool:
         """Settle from a recipe (possibly made by another process: ``settle_recipe``). A recipe
-        without limits only sets the settled marker: True for the first caller."""
-        lease = recipe.lease_id
+        without limits only sets the settled marker: True for the first caller. ``nonce`` names
+        this settlement: calling again with the same one after a timeout answers True again
+        (the first settlement's calls may have run) and applies each group at most once."""
+        lease, nonce = recipe.lease_id, nonce or secrets.token_hex(8)
         if not recipe.groups:
-            return await self._settle_group(recipe.tag, (), lease, delta)
+            return await self._settle_group(recipe.tag, (), lease, delta, nonce)
         if len(recipe.groups) == 1:  # the usual case: no task per call
-            return await self._settle_group(recipe.groups[0][0].tag, recipe.groups[0], lease, delta)
-        results = await asyncio.gather(*(self._settle_group(g[0].tag, g, lease, delta)
+            return await self._settle_group(recipe.groups[0][0].tag, recipe.groups[0], lease, delta, nonce)
+        results = await asyncio.gather(*(self._settle_group(g[0].tag, g, lease, delta, nonce)
                                          for g in recipe.groups))
         return all(results)
 
     async def _settle_group(self, tag: str, group: tuple[SettleLimit, ...], lease_id: str,
-                            delta: int) -> bool:
+                            delta: int, nonce: str) -> bool:
         keys = [f"xq:{{{tag}}}:s:{lease_id}"]
-        args = [self._now, lease_id, str(SETTLED_MARKER_TTL_MS)]
+        args = [self._now, lease_id, str(SETTLED_MARKER_TTL_MS), nonce]
         for limit in group:
             cost_delta = str(delta if limit.counts_tokens else 0)
             if limit.kind == "gcra":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -21,6 +22,8 @@ from extproc.telemetry.metrics import DEGRADED, QUOTA_DENIALS
 
 log = logging.getLogger("extproc.quota")
 
+#: Pauses between the tries of one settlement while Redis does not answer.
+_SETTLE_RETRY_PAUSES_S = (0.2, 0.5)
 #: Below this many completion tokens a clamped request is not worth sending.
 _MIN_CLAMPED_TOKENS = 16
 
@@ -37,7 +40,7 @@ class QuotaService:
     def __init__(self, store: QuotaStore | None, local: LocalLimiter | None = None) -> None:
         self.store = store
         self.local = local or LocalLimiter()
-        self._orphans: set[asyncio.Future[bool]] = set()
+        self._orphans: set[asyncio.Future[bool | None]] = set()
 
     async def admit(self, settings: QuotaSettings, identity: Identity, cls: Classification,
                     route: str | None, body: Mapping[str, Any] | None, lease_id: str,
@@ -137,31 +140,42 @@ class QuotaService:
             return settle_recipe(plan, ticket.admission, lease_id)
         return SettleRecipe(lease_id, plan.estimate_tokens, (), plan.prompt_tokens, tag=plan.tenant_tag)
 
-    async def settle_recipe(self, recipe: SettleRecipe, actual_tokens: int) -> bool:
-        """Settle with the real usage from another stream; False if it was settled already."""
+    async def settle_recipe(self, recipe: SettleRecipe, actual_tokens: int) -> bool | None:
+        """Settle with the real usage from another stream. True: settled now; False: it was
+        settled already (by the other stream); None: the store could not be reached."""
         if not isinstance(self.store, RedisQuotaStore):
             return False
-        try:
-            return await self.store.settle_recipe(recipe, actual_tokens - recipe.estimate_tokens)
-        except StoreUnavailable as exc:
-            log.warning("settlement from streamed usage failed; the admitting stream settles with the "
-                        "estimate", extra={"decision_id": recipe.lease_id, "error": str(exc)[:200]})
-            return False
+        return await self._settle_in_store(self.store, recipe, actual_tokens - recipe.estimate_tokens)
 
-    async def settle(self, ticket: QuotaTicket, lease_id: str, actual_tokens: int | None = None) -> bool:
-        """Release the lease and true up; failures are logged (leases expire by TTL).
-        False when this admission was settled already (by the usage filter's stream)."""
+    async def settle(self, ticket: QuotaTicket, lease_id: str,
+                     actual_tokens: int | None = None) -> bool | None:
+        """Release the lease and true up (None keeps the estimate). True: settled now (or
+        nothing to do); False: settled already; None: the store could not be reached (the
+        counters keep the admission's estimate, the lease expires by its TTL)."""
         admission = ticket.admission
         if admission.degraded in ("open", "closed"):
             return True
         if actual_tokens is None and not ticket.plan.has_leases:
             return True  # no lease to release and nothing to true up: no round trip
-        try:
-            if admission.degraded == "local":
-                await self.local.settle(ticket.plan, lease_id, admission, actual_tokens)
-            elif self.store is not None:
-                return await self.store.settle(ticket.plan, lease_id, admission, actual_tokens)
-        except StoreUnavailable as exc:
-            log.warning("settlement failed; the lease will expire by its TTL",
-                        extra={"decision_id": lease_id, "error": str(exc)[:200]})
-        return True
+        if admission.degraded == "local":
+            await self.local.settle(ticket.plan, lease_id, admission, actual_tokens)
+            return True
+        if not isinstance(self.store, RedisQuotaStore):
+            return True
+        delta = 0 if actual_tokens is None else actual_tokens - ticket.plan.estimate_tokens
+        return await self._settle_in_store(self.store, settle_recipe(ticket.plan, admission, lease_id), delta)
+
+    async def _settle_in_store(self, store: RedisQuotaStore, recipe: SettleRecipe, delta: int) -> bool | None:
+        """A few tries, as one settlement (one nonce): a try whose reply was lost is not applied
+        twice, and a retry after it is told it settled."""
+        nonce = secrets.token_hex(8)
+        for pause in (*_SETTLE_RETRY_PAUSES_S, None):
+            try:
+                return await store.settle_recipe(recipe, delta, nonce)
+            except StoreUnavailable as exc:
+                if pause is None:
+                    log.warning("settlement failed; the counters keep the estimate and the lease expires "
+                                "by its TTL", extra={"decision_id": recipe.lease_id, "error": str(exc)[:200]})
+                    return None
+                await asyncio.sleep(pause)
+        return None

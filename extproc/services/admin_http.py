@@ -31,6 +31,9 @@ def _registry() -> CollectorRegistry:
 
 log = logging.getLogger("extproc.admin")
 
+#: Usage records one /v1/usage call may scan (it runs on the worker's event loop, between pages).
+HTTP_MAX_SCAN = 200_000
+
 
 @dataclass(frozen=True, slots=True)
 class RecordsApi:
@@ -89,7 +92,9 @@ def _records_routes(app: web.Application, api: RecordsApi | None) -> None:
         except ValueError as exc:
             return _error(400, "bad_request", f"since: {exc}")
         try:
-            report, budgets = await usage_document(api.client, api.config(), tenant, since, by)
+            # Bounded below the CLI's: the scan shares this worker's event loop with gRPC.
+            report, budgets = await usage_document(api.client, api.config(), tenant, since, by,
+                                                   max_scan=HTTP_MAX_SCAN)
         except (OSError, RedisError) as exc:
             return _redis_down(exc)
         return web.json_response(usage_json(report, budgets))

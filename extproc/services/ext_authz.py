@@ -60,9 +60,9 @@ class AuthorizationService(codec.Servicer):  # type: ignore[misc]
         ticket = decision.quota
         counts = ticket is not None and ticket.plan.counts_tokens
         measured = measure_response(0, None, decision.estimate_tokens if counts else 0)
-        charged = measured.total_tokens if counts and decision.degraded != "open" else 0
+        charged = measured.total_tokens if counts and not decision.degraded else 0
         started = time.monotonic() - timer.total
-        ledger.usage(usage_record(
+        ledger.usage_from(lambda: usage_record(
             decision.metadata(), measured, charged_tokens=charged, status=0, streamed=False,
             ended="not_observed", timing=Timing(started), adapter=_ADAPTER,
             now_ms=int(time.time() * 1000), cost=cost_units(decision)))

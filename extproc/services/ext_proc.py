@@ -56,6 +56,15 @@ class _Stream:
         self.ended = "not_observed"
 
 
+def _charged(decision: Decision, measured: Measured, counts_tokens: bool, settled: bool | None) -> int:
+    """Tokens the shared quota counters hold for this request: the measured usage once settled;
+    the admission's estimate when the store could not be reached to true it up; nothing when no
+    token limit applied or the shared store did not decide (degraded open or local)."""
+    if not counts_tokens or decision.degraded:
+        return 0
+    return measured.total_tokens if settled is not None else decision.estimate_tokens
+
+
 class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
     def __init__(self, pipeline: Pipeline, observer: DecisionObserver | None = None,
                  ledger: LedgerWriter | None = None) -> None:
@@ -88,7 +97,7 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
             # its usage record. A task of its own, so a cancelled stream cannot cancel it.
             decision = stream.decision
             if decision is not None and decision.allowed:
-                if decision.quota is not None:
+                if decision.quota is not None or decision.usage_recipe is not None:
                     self._background(self._finish(decision, stream, time.monotonic()))
                 elif not decision.usage_stream:
                     self._record(decision, stream, time.monotonic(), measure_response(
@@ -102,11 +111,10 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
             await self._pipeline.settle(decision)
             return
         ticket = decision.quota
-        counts = ticket.plan.counts_tokens
+        counts = ticket is not None and ticket.plan.counts_tokens
         measured = measure_response(stream.status, stream.usage, decision.estimate_tokens if counts else 0)
-        await self._pipeline.settle(decision, measured)
-        charged = measured.total_tokens if counts and decision.degraded != "open" else 0
-        self._record(decision, stream, ended_at, measured, charged)
+        settled = await self._pipeline.settle(decision, measured)
+        self._record(decision, stream, ended_at, measured, _charged(decision, measured, counts, settled))
 
     async def _usage_stream_fallback(self, decision: Decision, recipe_json: str, stream: _Stream,
                                      ended_at: float) -> None:
@@ -119,23 +127,22 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
             measured = measure_response(stream.status, None, decision.estimate_tokens)
         else:
             measured = measure_stream(stream.status, None, decision.prompt_tokens, 0)
-        try:
-            settled = await self._pipeline.settle_streamed(recipe, measured)
-        except Exception:
-            log.exception("settling a streamed response with its estimate failed; leases expire by TTL")
-            return
-        if settled:
-            USAGE_SETTLEMENTS.labels("admitting_stream").inc()
-            stream.ended = "no_usage_stream"
-            self._record(decision, stream, ended_at, measured,
-                         measured.total_tokens if recipe.counts_tokens else 0, streamed=True)
+        settled = await self._pipeline.settle_streamed(recipe, measured)
+        if settled is False:
+            return  # the usage filter's stream settled it and wrote the record
+        # Settled here (the usage stream never came), or the store could not be reached by
+        # either stream: the counters keep the estimate, and this record says so.
+        USAGE_SETTLEMENTS.labels("admitting_stream").inc()
+        stream.ended = "no_usage_stream"
+        self._record(decision, stream, ended_at, measured,
+                     _charged(decision, measured, recipe.counts_tokens, settled), streamed=True)
 
     def _record(self, decision: Decision, stream: _Stream, ended_at: float, measured: Measured,
                 charged: int, streamed: bool = False) -> None:
         if self._ledger is None:
             return
         timing = Timing(stream.started, stream.response_at, stream.first_body, ended_at)
-        self._ledger.usage(usage_record(
+        self._ledger.usage_from(lambda: usage_record(
             decision.metadata(), measured, charged_tokens=charged, status=stream.status, streamed=streamed,
             ended=stream.ended, timing=timing, adapter=_ADAPTER, now_ms=int(time.time() * 1000),
             cost=cost_units(decision)))
@@ -198,8 +205,10 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
             except Exception:
                 log.exception("settling a streamed response failed; the admitting stream settles it")
                 return
-            if not settled:  # the admitting stream settled it (and wrote its record)
-                USAGE_SETTLEMENTS.labels("already_settled").inc()
+            if not settled:
+                # False: the admitting stream settled it and wrote its record. None: the store
+                # could not be reached; the admitting stream tries again after its grace period.
+                USAGE_SETTLEMENTS.labels("already_settled" if settled is False else "store_unavailable").inc()
                 return
             charged = measured.total_tokens if recipe.counts_tokens else 0
         USAGE_SETTLEMENTS.labels(source).inc()
@@ -209,7 +218,7 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
                 "completed": seen.completed and ended, "events": seen.events, "status": status})
         if self._ledger is not None:
             how = "complete" if ended and seen.completed else "no_usage_event" if ended else "interrupted"
-            self._ledger.usage(usage_record(
+            self._ledger.usage_from(lambda: usage_record(
                 meta, measured, charged_tokens=charged, status=status, streamed=True, ended=how,
                 timing=timing, adapter=_ADAPTER, now_ms=int(time.time() * 1000)))
 

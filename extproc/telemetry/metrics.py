@@ -54,8 +54,8 @@ USAGE_SETTLEMENTS = Counter(
     "estimate after its grace period (admitting_stream)", ["source"])
 RECORDS = Counter(
     "extproc_records_total",
-    "Decision and usage records by result: written to Redis, or dropped (buffer full while Redis "
-    "was unreachable)", ["kind", "result"])
+    "Decision and usage records by result: written to Redis, dropped (buffer full while Redis "
+    "was unreachable) or invalid (a value the schema cannot hold)", ["kind", "result"])
 RECORDS_PENDING = Gauge("extproc_records_pending", "Records waiting to be written to Redis",
                         multiprocess_mode="livesum")
 RECORDS_FLUSH_ERRORS = Counter("extproc_records_flush_errors_total",

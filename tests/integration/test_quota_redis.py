@@ -224,6 +224,27 @@ async def test_another_process_settles_from_the_recipe_and_only_once(redis_serve
     await settling.client.aclose()
 
 
+async def test_a_retried_settlement_is_applied_once_and_told_it_settled(redis_server) -> None:
+    """A settlement whose reply was lost (timeout) is retried with the same nonce: the retry is
+    told it settled, nothing is applied twice; a different settlement of the decision loses."""
+    s = settings(QuotaPolicy("day", budget=Budget(100_000, "day")))
+    store = await store_for(redis_server, now_ms=ms(datetime(2026, 5, 1, 12, tzinfo=UTC)))
+    p = plan(s, ACME, CHAT, "r1", BODY)
+    adm = await store.admit(p, "d-retry")
+    recipe = settle_recipe(p, adm, "d-retry")
+    delta = 50 - recipe.estimate_tokens
+    assert await store.settle_recipe(recipe, delta, nonce="first")
+    assert await store.settle_recipe(recipe, delta, nonce="first")  # the retry
+    assert not await store.settle_recipe(recipe, 0, nonce="other")  # the other stream
+    redis = client_from_url(redis_server.url, 2.0)
+    assert int(await redis.hget("xq:{acme}:b:day", "u")) == 50
+    # A recipe with nothing to settle only decides who came first.
+    marker = SettleRecipe("d-marker", 0, (), 0, tag="acme")
+    assert await store.settle_recipe(marker, 0, nonce="a") and not await store.settle_recipe(marker, 0, nonce="b")
+    await redis.aclose()
+    await store.client.aclose()
+
+
 async def test_script_flush_and_restart_reload_scripts_without_errors(redis_server) -> None:
     s = settings(QuotaPolicy("rpm", requests=Rate(1000, 60_000, 1000)))
     store = await store_for(redis_server)

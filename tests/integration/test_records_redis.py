@@ -165,3 +165,50 @@ async def test_records_on_a_redis_cluster(redis_cluster_url: str) -> None:
         assert (await usage_report(client, "acme", 0)).total.requests == 5
     finally:
         await client.aclose()
+
+
+async def test_a_record_the_schema_cannot_hold_is_dropped_not_blocking_the_rest(redis_server: RedisServer) -> None:
+    client = Redis.from_url(redis_server.url)
+    writer = LedgerWriter(client, lambda: RecordSettings(allow_sample=1.0))
+    bad = Identity("acme", subject="alice", scopes=frozenset({"\ud800"}), verified=True)  # not UTF-8
+    writer.decision(deny(new_decision_id(), Reason.RATE_LIMITED, "x", CHAT, bad), FACTS, "ext_proc", None)
+    good = deny(new_decision_id(), Reason.RATE_LIMITED, "x", CHAT, ALICE)
+    writer.decision(good, FACTS, "ext_proc", None)
+    writer.usage_from(lambda: usage(new_decision_id(), total=2**70))  # type: ignore[arg-type,return-value]
+    assert await writer.flush_batch() == 2 and writer.pending == 0
+    assert (await find_decision(client, good.decision_id)).decision is not None
+    assert REGISTRY.get_sample_value("extproc_records_total", {"kind": "decision", "result": "invalid"}) >= 1
+    assert REGISTRY.get_sample_value("extproc_records_total", {"kind": "usage", "result": "invalid"}) >= 1
+    await client.aclose()
+
+
+class _Refusing:
+    """A Redis client whose every pipeline fails: counts how often the writer tries."""
+
+    def __init__(self) -> None:
+        self.tries = 0
+
+    def pipeline(self, transaction: bool = False) -> _Refusing:
+        return self
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return lambda *a, **k: None  # hset, expire, xadd, xtrim: queued
+
+    async def execute(self) -> None:
+        self.tries += 1
+        raise ConnectionError("refused")
+
+
+async def test_the_writer_backs_off_while_redis_fails_however_many_records_wait() -> None:
+    client = _Refusing()
+    writer = LedgerWriter(client, lambda: RecordSettings(allow_sample=0))
+    task = asyncio.create_task(writer.run())
+    try:
+        for _ in range(20):  # more than a batch arrives every 50 ms
+            for _ in range(600):
+                writer.usage(usage(new_decision_id()))  # type: ignore[arg-type]
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+    assert writer.pending == 12000  # nothing lost
+    assert client.tries <= 6  # 0.1, 0.5, 1, 2 s apart: not once per arriving record

@@ -192,3 +192,10 @@ def test_a_class_measured_in_other_units_records_its_configured_cost() -> None:
                           cost=cost_units(decision))
     assert (record.cost_unit, record.cost_units, SOURCE_NAMES[record.source]) == ("seconds", 30, "configured")
     assert "Cost: 30 seconds." in explain(Found(None, record), "01video")
+
+
+def test_absurd_token_counts_are_not_usage() -> None:
+    from extproc.domain.usage import usage_from_object
+
+    assert usage_from_object({"prompt_tokens": 2**70, "completion_tokens": 1}) is None
+    assert usage_from_object({"input_tokens": 5, "output_tokens": 2**60}) is None

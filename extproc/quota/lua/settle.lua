@@ -3,13 +3,17 @@
 --
 -- KEYS[1]  settled marker for this decision; KEYS[2..] the request's limit keys
 -- ARGV[1]  now in ms, or '' for Redis TIME;  ARGV[2] lease id;  ARGV[3] marker TTL ms
+-- ARGV[4]  this settlement's nonce: a retry of the same settlement (its reply was lost to a
+--          timeout) is told it settled, without applying anything twice
 -- then 4 values per limit: kind, a, b, c
 --   gcra         a=period_ms b=limit c=cost_delta   (real minus reserved; may be negative)
 --   budget       a=cost_delta b=period id the admission charged (a later period is left alone)
 --   concurrency  (release the lease)
--- Returns 1 when settled now, 0 when this decision was already settled.
+-- Returns 1 when settled now (or by this same settlement before), 0 when another settlement
+-- of this decision came first.
 
-if redis.call('SET', KEYS[1], '1', 'NX', 'PX', tonumber(ARGV[3])) == false then
+if redis.call('SET', KEYS[1], ARGV[4], 'NX', 'PX', tonumber(ARGV[3])) == false then
+  if redis.call('GET', KEYS[1]) == ARGV[4] then return 1 end
   return 0
 end
 
@@ -22,7 +26,7 @@ end
 local now = now_ms()
 local lease = ARGV[2]
 for i = 2, #KEYS do
-  local base = 3 + (i - 2) * 4
+  local base = 4 + (i - 2) * 4
   local kind, a, b, c = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
   local key = KEYS[i]
   if kind == 'gcra' then
