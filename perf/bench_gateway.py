@@ -122,7 +122,8 @@ class Bench:
                                    "--base-id", str(admin), "--concurrency", "1"])
         wait_http(f"http://127.0.0.1:{admin}/ready", proc=child.proc)
 
-    def start(self) -> None:
+    def start(self, records_ab: bool = False) -> None:
+        """``records_ab``: also (C-norec), the full sidecar with usage and decision records off."""
         admin = free_port()
         self._envoy("fake-upstream", _template("fake-upstream.yaml", ADMIN_PORT=admin,
                                                 POOL_A_PORT=self.pool_a, POOL_B_PORT=self.pool_b), admin)
@@ -138,13 +139,19 @@ class Bench:
         # (C) the full sidecar
         full, self.sidecar_pid["C"] = self.full_sidecar()
         self._gateway("C", full[0])
+        if records_ab:
+            full, self.sidecar_pid["C-norec"] = self.full_sidecar("sidecar-norec", records=False)
+            self._gateway("C-norec", full[0])
 
-    def full_sidecar(self, name: str = "sidecar", workers: int = 1) -> tuple[list[str], int]:
-        """Start the full sidecar with the bench policy; its worker addresses and its pid."""
-        policy = self.dir / "policy.yaml"
+    def full_sidecar(self, name: str = "sidecar", workers: int = 1,
+                     records: bool = True) -> tuple[list[str], int]:
+        """Start the full sidecar with the bench policy (records at their production defaults,
+        or off); its worker addresses and its pid."""
+        policy = self.dir / ("policy.yaml" if records else "policy-norec.yaml")
         if not policy.exists():
             policy.write_text(DEMO_CONFIG.read_text().replace(DEFAULT_ISSUER, self.issuer)
-                              .split("\nquotas:")[0] + BENCH_QUOTA)
+                              .split("\nquotas:")[0] + BENCH_QUOTA
+                              + ("" if records else "records: {enabled: false}\n"))
         base, admin = free_port_block(workers), free_port_block(workers)
         child = self._spawn(name, [sys.executable, "-m", "extproc", "serve", "--config", str(policy),
                                    "--listen", f"127.0.0.1:{base}", "--admin", f"127.0.0.1:{admin}",
@@ -185,6 +192,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results" / dt.date.today().isoformat())
+    parser.add_argument("--records-ab", action="store_true",
+                        help="also run C-norec (records off), ext_proc only: what records cost")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds = 3, 2
@@ -195,17 +204,17 @@ def main() -> int:
     bench = Bench(workdir)
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     try:
-        bench.start()
+        bench.start(records_ab=args.records_ab)
         workloads = {"GET /v1/models": ("/v1/models", None), "POST /v1/chat/completions": (
             "/v1/chat/completions", CHAT_BODY)}
-        configs = ["A", "B", "C", "B-authz", "C-authz"]
+        configs = ["A", "B", "C", *(["C-norec"] if args.records_ab else []), "B-authz", "C-authz"]
         for path, body in workloads.values():  # warm-up: caches, connections, JWKS
             for cfg in configs:
                 run_wrk(bench.urls[cfg] + path, bench.token, body, 1, 4, workdir)
         for rnd in range(args.rounds):
             for name, (path, body) in workloads.items():
                 for cfg in configs:
-                    pid = bench.sidecar_pid.get(cfg[0])
+                    pid = bench.sidecar_pid.get(cfg.removesuffix("-authz"))
                     cpu0 = _cpu_seconds(pid) if pid else 0.0
                     r = run_wrk(bench.urls[cfg] + path, bench.token, body, args.seconds, args.connections,
                                 workdir)
@@ -251,6 +260,12 @@ def summarize(results: dict[str, dict[str, list[dict[str, float]]]], args: argpa
                 "cpu_per_request_C_over_B": round(rows[c]["sidecar_cpu_us_per_request"]
                                                   / rows[b]["sidecar_cpu_us_per_request"], 3),
             }
+        if "C-norec" in rows:
+            ratios["records"] = {
+                "throughput_C_over_C_norec": round(rows["C"]["rps"] / rows["C-norec"]["rps"], 3),
+                "cpu_per_request_C_over_C_norec": round(rows["C"]["sidecar_cpu_us_per_request"]
+                                                        / rows["C-norec"]["sidecar_cpu_us_per_request"], 3),
+            }
         table[workload] = {"configs": rows, "ratios": ratios}
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -281,8 +296,14 @@ def markdown(report: dict) -> str:
                          f"{r['non_2xx']:.0f} | {r['sidecar_cpu_us_per_request']:.0f} | {r['sidecar_rss_mb']:.0f} |")
         lines += ["", "| adapter | throughput C/B | throughput C/A | p99 C/B | CPU/request C/B |", "|---|---|---|---|---|"]
         for adapter, ra in data["ratios"].items():
+            if adapter == "records":
+                continue
             lines.append(f"| {adapter} | {ra['throughput_C_over_B']} | {ra['throughput_C_over_A']} | "
                          f"{ra['p99_C_over_B']} | {ra['cpu_per_request_C_over_B']} |")
+        if "records" in data["ratios"]:
+            ra = data["ratios"]["records"]
+            lines += ["", f"Records (C vs C-norec, ext_proc): throughput {ra['throughput_C_over_C_norec']}, "
+                          f"CPU/request {ra['cpu_per_request_C_over_C_norec']}."]
         lines.append("")
     return "\n".join(lines)
 

@@ -73,13 +73,16 @@ class LedgerWriter:
     def usage_from(self, build: Callable[[], UsageRecord]) -> None:
         """Queue the record ``build()`` makes; a record that cannot be built (a value the schema
         cannot hold) is dropped, counted and logged, never raised into a request's handler."""
+        settings = self._settings()
+        if not settings.enabled:
+            return  # not even built
         try:
             record = build()
         except Exception:
             RECORDS.labels("usage", "invalid").inc()
             log.exception("usage record could not be built; dropped")
             return
-        self.usage(record)
+        self._queue(record, settings)
 
     def _queue(self, item: _DecisionItem | UsageRecord, settings: RecordSettings) -> None:
         if len(self._pending) >= settings.max_pending:
