@@ -135,3 +135,12 @@ def cost_units(decision: Decision) -> tuple[str, int] | None:
         if limit.dimension == "budget" and budget is not None and not limit.counts_tokens:
             return budget.unit.value, limit.cost
     return None
+
+
+def charged_tokens(decision: Decision, measured: Measured, counts_tokens: bool, settled: bool | None) -> int:
+    """Tokens the shared quota counters hold for this request: the measured usage once settled;
+    the admission's estimate when the store could not be reached to true it up (``settled``
+    None); nothing when no token limit applied or the shared store did not decide (degraded)."""
+    if not counts_tokens or decision.degraded:
+        return 0
+    return measured.total_tokens if settled is not None else decision.estimate_tokens

@@ -10,7 +10,7 @@ from extproc.domain.decision import Decision
 from extproc.domain.facts import RequestFacts
 from extproc.domain.usage import measure_response
 from extproc.envoy_api import ext_authz as codec
-from extproc.ledger.records import Timing, cost_units, usage_record
+from extproc.ledger.records import Timing, charged_tokens, cost_units, usage_record
 from extproc.ledger.writer import LedgerWriter
 from extproc.pipeline import AwaitingBody, Pipeline
 from extproc.services.common import internal_error, listener_name
@@ -60,7 +60,7 @@ class AuthorizationService(codec.Servicer):  # type: ignore[misc]
         ticket = decision.quota
         counts = ticket is not None and ticket.plan.counts_tokens
         measured = measure_response(0, None, decision.estimate_tokens if counts else 0)
-        charged = measured.total_tokens if counts and not decision.degraded else 0
+        charged = charged_tokens(decision, measured, counts, settled=True)  # nothing to true up
         started = time.monotonic() - timer.total
         ledger.usage_from(lambda: usage_record(
             decision.metadata(), measured, charged_tokens=charged, status=0, streamed=False,

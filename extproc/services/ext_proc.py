@@ -15,7 +15,7 @@ from extproc.domain.facts import RequestFacts
 from extproc.domain.sse_usage import SseUsageReader, StreamUsage
 from extproc.domain.usage import Measured, Usage, measure_response, measure_stream
 from extproc.envoy_api import ext_proc as codec
-from extproc.ledger.records import Timing, cost_units, usage_record
+from extproc.ledger.records import Timing, charged_tokens, cost_units, usage_record
 from extproc.ledger.writer import LedgerWriter
 from extproc.pipeline import AwaitingBody, Pipeline
 from extproc.quota.recipe import SettleRecipe
@@ -54,15 +54,6 @@ class _Stream:
         #: How the stream ended: "complete" (we saw the response end), "not_observed" (Envoy
         #: closed the stream; the body was not ours to read), "aborted" (cancelled early).
         self.ended = "not_observed"
-
-
-def _charged(decision: Decision, measured: Measured, counts_tokens: bool, settled: bool | None) -> int:
-    """Tokens the shared quota counters hold for this request: the measured usage once settled;
-    the admission's estimate when the store could not be reached to true it up; nothing when no
-    token limit applied or the shared store did not decide (degraded open or local)."""
-    if not counts_tokens or decision.degraded:
-        return 0
-    return measured.total_tokens if settled is not None else decision.estimate_tokens
 
 
 class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
@@ -114,7 +105,8 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
         counts = ticket is not None and ticket.plan.counts_tokens
         measured = measure_response(stream.status, stream.usage, decision.estimate_tokens if counts else 0)
         settled = await self._pipeline.settle(decision, measured)
-        self._record(decision, stream, ended_at, measured, _charged(decision, measured, counts, settled))
+        charged = charged_tokens(decision, measured, counts, settled)
+        self._record(decision, stream, ended_at, measured, charged)
 
     async def _usage_stream_fallback(self, decision: Decision, recipe_json: str, stream: _Stream,
                                      ended_at: float) -> None:
@@ -135,7 +127,7 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
         USAGE_SETTLEMENTS.labels("admitting_stream").inc()
         stream.ended = "no_usage_stream"
         self._record(decision, stream, ended_at, measured,
-                     _charged(decision, measured, recipe.counts_tokens, settled), streamed=True)
+                     charged_tokens(decision, measured, recipe.counts_tokens, settled), streamed=True)
 
     def _record(self, decision: Decision, stream: _Stream, ended_at: float, measured: Measured,
                 charged: int, streamed: bool = False) -> None:
