@@ -8,13 +8,16 @@ measured. Runs are interleaved (A B C, A B C, ...) and medians reported, with ra
 
     .venv/bin/python perf/bench_gateway.py [--quick] [--out perf/results/DATE]
 
-Load: wrk, closed loop (max throughput; its latency percentiles include coordinated
-omission and so are upper-bound-ish). Sidecar CPU per request comes from /proc.
+Load: wrk, closed loop, for the maximum throughput (its latency percentiles suffer from
+coordinated omission: a slow answer delays the requests behind it, which then are not sent);
+then ``openloop.py`` at fixed rates (25/50/75% of B's maximum) for latency measured from when
+each request was due. Sidecar CPU per request comes from /proc.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import json
 import os
@@ -30,6 +33,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "perf"))
+
+import openloop  # noqa: E402
 
 from extproc.devstack.demo import DEMO_CONFIG  # noqa: E402
 from extproc.devstack.envoy_config import EnvoyPorts, render  # noqa: E402
@@ -192,11 +198,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results" / dt.date.today().isoformat())
+    parser.add_argument("--rates", default="0.25,0.5,0.75",
+                        help="open-loop latency at these fractions of B's maximum throughput ('' to skip)")
+    parser.add_argument("--latency-seconds", type=float, default=10, help="length of each open-loop run")
     parser.add_argument("--records-ab", action="store_true",
                         help="also run C-norec (records off), ext_proc only: what records cost")
     args = parser.parse_args()
     if args.quick:
-        args.seconds, args.rounds = 3, 2
+        args.seconds, args.rounds, args.latency_seconds = 3, 2, 3
     if not shutil.which("wrk"):
         print("wrk is not installed: `make bench` installs it (Debian package wrk)", file=sys.stderr)
         return 2
@@ -225,14 +234,43 @@ def main() -> int:
                     print(f"round {rnd + 1} {name:<28} {cfg:<8} {r['rps']:>9.0f} req/s  "
                           f"p50 {r.get('p50_ms', 0):.2f} ms  p99 {r.get('p99_ms', 0):.2f} ms  "
                           f"non-2xx {r['non_2xx']}", flush=True)
+        latency = open_loop(bench, workloads, results, args) if args.rates else {}
     finally:
         bench.stop()
     report = summarize(results, args)
+    report["open_loop"] = latency
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gateway.json").write_text(json.dumps(report, indent=2))
     (args.out / "gateway.md").write_text(markdown(report))
     print(markdown(report))
     return 0
+
+
+def open_loop(bench: Bench, workloads: dict[str, tuple[str, str | None]],
+              results: dict[str, dict[str, list[dict[str, float]]]],
+              args: argparse.Namespace) -> dict[str, dict[str, dict[str, dict]]]:
+    """Latency at fixed rates, 25/50/75% of the do-nothing sidecar's measured maximum (B for
+    ext_proc, B-authz for ext_authz) by default, for A and each adapter's B and C, interleaved."""
+    fractions = [float(f) for f in args.rates.split(",") if f.strip()]
+    out: dict[str, dict[str, dict[str, dict]]] = {}
+    headers = {"authorization": f"Bearer {bench.token}"}
+    for name, (path, body) in workloads.items():
+        for floor, configs in (("B", ["A", "B", "C"]), ("B-authz", ["A", "B-authz", "C-authz"])):
+            b_max = statistics.median(r["rps"] for r in results[name][floor])
+            for fraction in fractions:
+                rate = round(b_max * fraction)
+                for cfg in configs:
+                    if cfg == "A" and floor == "B-authz":
+                        continue  # A was measured at the ext_proc rates; the same rates here
+                    r = asyncio.run(openloop.run(bench.urls[cfg] + path, rate, args.latency_seconds, headers,
+                                                 body.encode() if body else None)).summary()
+                    r["fraction_of_b_max"] = fraction
+                    out.setdefault(name, {}).setdefault(cfg, {})[f"{fraction:g}"] = r
+                    print(f"open loop {name:<28} {cfg:<8} {rate:>6} req/s ({fraction:.0%} of {floor}): "
+                          f"p50 {r['p50_ms']} p99 {r['p99_ms']} p99.9 {r['p99.9_ms']} ms, "
+                          f"unfinished {r['unfinished']}, errors {r['errors']}, lag p99 {r['lag_ms_p99']} ms",
+                          flush=True)
+    return out
 
 
 def _envoy_version() -> str:
@@ -300,6 +338,21 @@ def markdown(report: dict) -> str:
                 continue
             lines.append(f"| {adapter} | {ra['throughput_C_over_B']} | {ra['throughput_C_over_A']} | "
                          f"{ra['p99_C_over_B']} | {ra['cpu_per_request_C_over_B']} |")
+        latency = report.get("open_loop", {}).get(workload)
+        if latency:
+            lines += ["", "Open loop (fixed rate, latency from when each request was due; fractions of B's "
+                      "maximum, B-authz's for ext_authz):", "",
+                      "| config | rate | req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | unfinished |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for cfg, by_rate in latency.items():
+                for fraction, r in by_rate.items():
+                    non2xx = sum(n for code, n in r["statuses"].items() if not code.startswith("2")) + r["errors"]
+                    lines.append(f"| {cfg} | {float(fraction):.0%} | {r['rate']:.0f} | {r['p50_ms']} | "
+                                 f"{r['p99_ms']} | {r['p99.9_ms']} | {non2xx} | {r['unfinished']} |")
+            for b, c in (("B", "C"), ("B-authz", "C-authz")):
+                if "0.5" in latency.get(b, {}) and "0.5" in latency.get(c, {}):
+                    ratio = latency[c]["0.5"]["p99_ms"] / latency[b]["0.5"]["p99_ms"]
+                    lines.append(f"\np99 at 50% load, {c}/{b}: {ratio:.2f} (target ≤ 1.3)")
         if "records" in data["ratios"]:
             ra = data["ratios"]["records"]
             lines += ["", f"Records (C vs C-norec, ext_proc): throughput {ra['throughput_C_over_C_norec']}, "

@@ -274,8 +274,10 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
                 # for the body: the id we already made names the request all the same.
                 if decision is not None:
                     # Read a JSON response's usage to record it, or to true up a token quota.
+                    # Only answers to POSTs carry usage (GET /v1/models and the like never do).
                     read = ((self._ledger is not None or (decision.quota is not None
                                                          and decision.quota.plan.counts_tokens))
+                            and facts is not None and facts.method == "POST"
                             and codec.response_is_json(request.response_headers))
                     response = codec.response_headers(decision.client_headers(), read_body=read)
                 else:
