@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint typecheck protos bench bench-quick bench-workers bench-ttft bench-identity clean
+.PHONY: setup run test lint typecheck protos bench bench-quick bench-workers bench-ttft bench-identity bench-profile clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ $(STAMP): pyproject.toml Makefile
 	  "opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	$(BIN)/python -c "from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter"
 	touch $(STAMP)
+
+PERF_STAMP := $(VENV)/.perf-stamp
+
+$(PERF_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test,perf]'
+	touch $(PERF_STAMP)
 
 setup: $(STAMP)
 	@scripts/ensure-system-deps.sh
@@ -34,26 +40,30 @@ typecheck: setup
 test: setup lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
 
-bench: setup
+bench: setup $(PERF_STAMP)
 	@scripts/ensure-system-deps.sh perf
 	$(BIN)/python perf/bench_gateway.py
 
-bench-quick: setup
+bench-quick: setup $(PERF_STAMP)
 	@scripts/ensure-system-deps.sh perf
 	$(BIN)/python perf/bench_gateway.py --quick
 
-bench-workers: setup
+bench-workers: setup $(PERF_STAMP)
 	@scripts/ensure-system-deps.sh perf
 	$(BIN)/python perf/bench_workers.py
 
-bench-ttft: setup
+bench-ttft: setup $(PERF_STAMP)
 	$(BIN)/python perf/bench_ttft.py
+
+bench-profile: setup $(PERF_STAMP)
+	@scripts/ensure-system-deps.sh perf
+	$(BIN)/python perf/profile_sidecar.py
 
 bench-identity: setup
 	$(BIN)/python perf/bench_identity.py
 
 # Our wire schema (usage and decision records) → the checked-in Python in extproc/ledger/v1/;
-# tests/unit/test_ledger_schema.py fails when the two disagree.
+# tests/unit/test_ledger.py fails when the two disagree.
 protos: setup
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. protos/extproc/ledger/v1/ledger.proto
 

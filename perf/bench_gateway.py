@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "perf"))
 
 import openloop  # noqa: E402
+import plots as plots_module  # noqa: E402
 
 from extproc.devstack.demo import DEMO_CONFIG  # noqa: E402
 from extproc.devstack.envoy_config import EnvoyPorts, render  # noqa: E402
@@ -241,7 +242,8 @@ def main() -> int:
     report["open_loop"] = latency
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gateway.json").write_text(json.dumps(report, indent=2))
-    (args.out / "gateway.md").write_text(markdown(report))
+    plots = [p.name for p in plots_module.latency_plots(report, args.out)]
+    (args.out / "gateway.md").write_text(markdown(report) + "".join(f"\n![{p}]({p})\n" for p in plots))
     print(markdown(report))
     return 0
 
