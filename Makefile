@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint typecheck protos bench bench-quick bench-workers bench-ttft bench-identity bench-profile clean
+.PHONY: setup run test lint typecheck protos bench bench-quick bench-workers bench-ttft bench-identity bench-profile bench-failures clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,9 @@ bench-ttft: setup $(PERF_STAMP)
 bench-profile: setup $(PERF_STAMP)
 	@scripts/ensure-system-deps.sh perf
 	$(BIN)/python perf/profile_sidecar.py
+
+bench-failures: setup $(PERF_STAMP)
+	$(BIN)/python perf/bench_failures.py
 
 bench-identity: setup
 	$(BIN)/python perf/bench_identity.py

@@ -36,6 +36,12 @@ class Result:
     errors: int = 0  # connection failures, malformed answers
     unfinished: int = 0  # still open when the drain time ran out
     lags_ms: list[float] = field(default_factory=list)
+    #: (seconds after the start the request was due, latency ms, status; -1 for an error),
+    #: for timelines.
+    samples: list[tuple[float, float, int]] = field(default_factory=list)
+    started_at: float = 0.0  # time.monotonic() of the first due request
+    #: When (seconds after the start) each answer carrying ``flag_header`` was due.
+    flagged: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, float | int | dict[str, int]]:
         lat = sorted(self.latencies_ms)
@@ -64,17 +70,19 @@ class _Conn:
         self.reader, self.writer = reader, writer
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
-    """Status, and whether the connection can be used again."""
+async def _read_response(reader: asyncio.StreamReader, flag: bytes = b"") -> tuple[int, bool, bool]:
+    """Status, whether the connection can be used again, whether header ``flag`` was there."""
     status_line = await reader.readline()
     if not status_line:
         raise ConnectionError("connection closed")
     status = int(status_line.split()[1])
-    length, chunked, keep = 0, False, True
+    length, chunked, keep, flagged = 0, False, True, False
     while True:
         line = await reader.readline()
         if line in (b"\r\n", b"\n", b""):
             break
+        if flag and line[:len(flag)].lower() == flag:
+            flagged = True
         name, _, value = line.decode("latin-1").partition(":")
         name, value = name.strip().lower(), value.strip().lower()
         if name == "content-length":
@@ -91,11 +99,13 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
                 break
     elif length:
         await reader.readexactly(length)
-    return status, keep
+    return status, keep, flagged
 
 
 async def run(url: str, rate: float, seconds: float, headers: dict[str, str] | None = None,
-              body: bytes | None = None, max_connections: int = 256, drain: float = 15.0) -> Result:
+              body: bytes | None = None, max_connections: int = 256, drain: float = 15.0,
+              flag_header: str = "") -> Result:
+    """``flag_header``: count answers carrying this header (``flagged``, and per sample)."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -105,6 +115,7 @@ async def run(url: str, rate: float, seconds: float, headers: dict[str, str] | N
     if body is not None:
         lines += ["content-type: application/json", f"content-length: {len(body)}"]
     raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
+    flag = f"{flag_header.lower()}:".encode() if flag_header else b""
 
     result = Result(rate, seconds)
     idle: list[_Conn] = []
@@ -141,17 +152,23 @@ async def run(url: str, rate: float, seconds: float, headers: dict[str, str] | N
             conn = await acquire()
         except OSError:
             result.errors += 1
+            result.samples.append((due - start, (time.monotonic() - due) * 1000, -1))
             return
         try:
             conn.writer.write(raw)
-            status, keep = await _read_response(conn.reader)
+            status, keep, flagged = await _read_response(conn.reader, flag)
         except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
             result.errors += 1
+            result.samples.append((due - start, (time.monotonic() - due) * 1000, -1))
             conn.writer.close()
             await release(None)
             return
-        result.latencies_ms.append((time.monotonic() - due) * 1000)
+        latency = (time.monotonic() - due) * 1000
+        result.latencies_ms.append(latency)
         result.statuses[status] += 1
+        result.samples.append((due - start, latency, status))
+        if flagged:
+            result.flagged.append(due - start)
         if keep:
             await release(conn)
         else:
@@ -160,7 +177,7 @@ async def run(url: str, rate: float, seconds: float, headers: dict[str, str] | N
 
     total = int(rate * seconds)
     tasks = []
-    start = time.monotonic() + 0.05
+    start = result.started_at = time.monotonic() + 0.05
     for i in range(total):
         due = start + i / rate
         delay = due - time.monotonic()
