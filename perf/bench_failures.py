@@ -15,6 +15,8 @@ when each request was due) while one fault is injected, then removed:
 - ``tenant-exhaustion``: one tenant (plan ``free``) runs through its limits (429s) while
   another keeps its admissions and its latency.
 - ``routes-updates``: a new routing table version is published every second: zero errors.
+- ``client-aborts``: ten streamed requests a second whose clients leave after the first token:
+  no lease stays taken, and that tenant's usage records add up to its budget counter.
 
 For each: requests sent, outcomes by status per phase (before, during, after), latency p50 /
 p99 per phase, recovery time where it applies, what was lost (leases left, unanswered
@@ -52,6 +54,8 @@ import openloop  # noqa: E402
 from redis import Redis  # noqa: E402
 
 from extproc.devstack.keys import KeyStore  # noqa: E402
+from extproc.ledger.records import UsageRecord  # noqa: E402
+from extproc.ledger.spec import USAGE_STREAM  # noqa: E402
 from extproc.quota.plan import tenant_tag  # noqa: E402
 from tests.e2e.stack import Stack, start_stack  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
@@ -324,6 +328,66 @@ async def routes_updates(run: Run) -> dict[str, Any]:
             "_series": {"acme (pro)": result}, "_marks": {"updates start": fault_at, "stop": fault_end}}
 
 
+async def _abort_after_first_chunk(port: int, token: str, hold: str) -> str:
+    """A streamed chat request whose client leaves after the first event."""
+    body = json.dumps({"model": "gpt-4o", "stream": True, "max_tokens": 400,
+                       "messages": [{"role": "user", "content": "Tell me a long story."}]}).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+                     + f"authorization: Bearer {token}\r\nx-demo-hold: {hold}\r\n".encode()
+                     + f"content-length: {len(body)}\r\n\r\n".encode() + body)
+        status = (await reader.readline()).split()[1].decode()
+        while not (line := await reader.readline()).startswith(b"data:"):
+            if not line:
+                break
+        return status
+    finally:
+        writer.close()
+
+
+async def client_aborts(run: Run) -> dict[str, Any]:
+    """Streamed requests whose clients leave after the first token, beside normal traffic: no
+    lease may stay taken, and the aborting tenant's usage records must add up to its counter."""
+    tenant = "acme-aborts"
+    token = run.stack.token(tenant=tenant, plan="pro")
+    statuses: dict[str, int] = {}
+
+    async def aborts() -> openloop.Result:
+        await asyncio.sleep(BEFORE_S)
+        tasks = []
+        for i in range(int(FAULT_S * 10)):  # 10 aborted streams per second
+            tasks.append(asyncio.ensure_future(_abort_after_first_chunk(run.stack.ports.ext_proc, token,
+                                                                        f"abort-{i}")))
+            await asyncio.sleep(0.1)
+        for status in await asyncio.gather(*tasks, return_exceptions=True):
+            key = status if isinstance(status, str) else "error"
+            statuses[key] = statuses.get(key, 0) + 1
+        return openloop.Result(10, FAULT_S)
+
+    (result, _), fault_at, fault_end = await run.with_fault([run.load(run.headers("acme-steady")), aborts()],
+                                                            lambda: None, lambda: None)
+    await asyncio.sleep(7.0)  # the deciding streams' 5 s grace, then the records' flush
+    by_phase = phases(result.samples, fault_at, fault_end)
+    r = Redis.from_url(run.stack.redis.url)  # type: ignore[union-attr]
+    try:
+        counter = int(r.hget(f"xq:{{{tenant_tag(tenant)}}}:b:pro", "u") or 0)
+        records = [UsageRecord.FromString(f[b"r"]) for _, f in r.xrange(USAGE_STREAM) if f[b"t"] == tenant.encode()]
+    finally:
+        r.close()
+    charged = sum(rec.charged_tokens for rec in records)
+    invariants = {
+        "every aborted stream had started (200)": set(statuses) == {"200"},
+        "no concurrency lease left behind": run.leases(tenant, "pro") == 0,
+        "one usage record per aborted stream": len({rec.decision_id for rec in records}) == sum(statuses.values()),
+        "the records add up to what the budget counter charged": charged == counter and counter > 0,
+        "steady traffic answered 200": all(set(ph["statuses"]) <= {"200"} for ph in by_phase.values()),
+    }
+    return {"phases": by_phase, "aborted": statuses, "budget_counter": counter, "records_charged": charged,
+            "records": len(records), "invariants": invariants, "_series": {"steady (pro)": result},
+            "_marks": {"aborts start": fault_at, "stop": fault_end}}
+
+
 SCENARIOS: dict[str, Callable[[Run], Awaitable[dict[str, Any]]]] = {
     "redis-killed": lambda run: redis_down(run, "killed"),
     "redis-paused": lambda run: redis_down(run, "paused"),
@@ -331,6 +395,7 @@ SCENARIOS: dict[str, Callable[[Run], Awaitable[dict[str, Any]]]] = {
     "token-flood": token_flood,
     "tenant-exhaustion": tenant_exhaustion,
     "routes-updates": routes_updates,
+    "client-aborts": client_aborts,
 }
 
 
