@@ -72,6 +72,7 @@ def test_fallback_pool_answers_when_the_first_fails(stack: Stack) -> None:
     resp = stack.request("POST", "/v1/chat/completions", {"model": "gpt-4o-mini"}, headers=fail_a)
     assert resp.status == 200 and resp.headers["x-demo-pool"] == "pool-b"
     assert seen(resp)["x-extproc-upstream"] == "pool-a~pool-b" and seen(resp)["x-extproc-route"] == "mini"
+    assert "x-extproc-failover" not in seen(resp)  # a route selector, removed before the upstream
     deadline = time.monotonic() + 10
     while not (logged := [e for e in stack.access_log() if e["decision_id"] == resp.headers["x-extproc-decision-id"]]):
         assert time.monotonic() < deadline, "no access log line"

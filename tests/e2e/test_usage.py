@@ -69,6 +69,7 @@ def test_streamed_usage_is_reported_to_the_client_and_settles_the_budget(stack: 
     chunks = events(resp.read())
     conn.close()
     # The client did not ask for usage; the gateway did, so the last chunk carries it.
+    assert "x-extproc-usage" not in json.loads(resp.headers["x-demo-extproc-headers"])  # Envoy's only
     usage = chunks[-1]["usage"]
     assert chunks[-1]["choices"] == [] and usage["total_tokens"] > 0
     wait_for(lambda: budget_used(stack, "sse-reported") == usage["total_tokens"],
