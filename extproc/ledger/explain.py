@@ -94,8 +94,12 @@ def _decision_lines(d: DecisionRecord) -> list[str]:
         lines.append("Who: unknown; the token was rejected before any claim was trusted.")
     rule = f" by rule {d.classification_rule!r}" if d.classification_rule else ""
     model = f", model {d.model_requested!r}" if d.model_requested else ""
-    lines.append(f"What: {d.method} {d.path} (host {d.host or '-'}), classified as {d.workload_class}"
-                 f"{rule}{model}.")
+    if d.status == 401 or (d.workload_class == "unknown" and not d.classification_rule and not d.allowed
+                           and d.reason != "unknown_workload"):
+        what = "not classified (refused before classification)"
+    else:
+        what = f"classified as {d.workload_class}{rule}{model}"
+    lines.append(f"What: {d.method} {d.path} (host {d.host or '-'}), {what}.")
     if d.route:
         rewritten = d.model_served and d.model_served != d.model_requested
         served = f", model served {d.model_served!r}" if rewritten else ""

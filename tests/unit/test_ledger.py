@@ -125,6 +125,8 @@ def test_explain_an_allow_with_its_usage() -> None:
 def test_explain_denials_before_any_quota(reason: Reason, expect: str) -> None:
     text = _story(deny("01deny", reason, "what the client was told"))
     assert expect in text and "what the client was told" in text
+    if reason is not Reason.UNKNOWN_WORKLOAD:
+        assert "not classified (refused before classification)" in text
 
 
 def test_explain_an_access_rule_denial() -> None:
