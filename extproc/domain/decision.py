@@ -114,6 +114,7 @@ class Decision:
             ("settle", self.usage_recipe),
             # What the usage filter's stream needs for the usage record.
             ("subject", self.identity.subject if self.identity else None),
+            ("plan", self.identity.plan if self.identity else None),
             ("degraded", self.degraded),
             ("prompt_tokens", str(self.prompt_tokens) if self.usage_stream else None),
         ):

@@ -34,7 +34,7 @@ async def decision_document(client: Any, decision_id: str, config: PolicyConfig 
 async def usage_document(client: Any, config: PolicyConfig | None, tenant: str, since_ms: int,
                          by: str, max_scan: int = 1_000_000) -> tuple[UsageReport, list[BudgetLeft]]:
     report = await usage_report(client, tenant, since_ms, by, max_scan=max_scan)
-    budgets = await budgets_left(client, config.quotas, tenant) if config else []
+    budgets = await budgets_left(client, config.quotas, tenant, plans=report.plans) if config else []
     return report, budgets
 
 

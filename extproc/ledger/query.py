@@ -85,11 +85,13 @@ class UsageReport:
     #: The scan stopped at ``max_scan`` entries before reaching ``since``: totals are partial.
     truncated: bool = False
     duplicates: int = 0
+    #: The plans the tenant's requests had in the period (token claims can change plans).
+    plans: set[str] = field(default_factory=set)
 
     def as_dict(self) -> dict[str, Any]:
         return {"tenant": self.tenant, "since_unix_ms": self.since_ms, "until_unix_ms": self.until_ms,
                 "by": self.by, "rows": [row.as_dict() for row in self.rows], "total": self.total.as_dict(),
-                "scanned": self.scanned, "truncated": self.truncated}
+                "scanned": self.scanned, "truncated": self.truncated, "plans": sorted(self.plans)}
 
 
 def _group(r: UsageRecord, by: str) -> str:
@@ -114,6 +116,7 @@ async def usage_report(client: Any, tenant: str, since_ms: int, by: str = "model
     rows: dict[str, UsageRow] = {}
     total = UsageRow("total")
     seen: set[str] = set()
+    plans: set[str] = set()
     scanned = duplicates = 0
     upper: str = str(until_ms)
     truncated = False
@@ -128,6 +131,7 @@ async def usage_report(client: Any, tenant: str, since_ms: int, by: str = "model
                 duplicates += 1
                 continue
             seen.add(record.decision_id)
+            plans.add(record.plan)
             key = _group(record, by)
             rows.setdefault(key, UsageRow(key)).add(record)
             total.add(record)
@@ -140,7 +144,7 @@ async def usage_report(client: Any, tenant: str, since_ms: int, by: str = "model
     ordered = sorted(rows.values(), key=lambda row: (-row.total_tokens, row.key))
     if by == "day":
         ordered.sort(key=lambda row: row.key)
-    return UsageReport(tenant, since_ms, until_ms, by, ordered, total, scanned, truncated, duplicates)
+    return UsageReport(tenant, since_ms, until_ms, by, ordered, total, scanned, truncated, duplicates, plans)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,14 +174,17 @@ def _period(kind: str, now: datetime) -> tuple[int, datetime]:
     return now.year * 12 + now.month, month_end
 
 
-async def budgets_left(client: Any, quotas: QuotaSettings, tenant: str,
-                       now: datetime | None = None) -> list[BudgetLeft]:
-    """Every per-tenant budget policy that can apply to ``tenant``, with what is left of it now."""
+async def budgets_left(client: Any, quotas: QuotaSettings, tenant: str, now: datetime | None = None,
+                       plans: set[str] | None = None) -> list[BudgetLeft]:
+    """Every per-tenant budget policy that can apply to ``tenant`` (and, when ``plans`` are
+    known from its records, to one of those plans), with what is left of it now."""
     out = []
     tag = tenant_tag(tenant)
     for p in quotas.policies:
         budget = p.budget
         if budget is None or p.scope != "tenant" or not matches(p.tenant, tenant):
+            continue
+        if plans and p.plan is not None and not any(matches(p.plan, plan) for plan in plans):
             continue
         offset = utc_offset_seconds(budget.timezone, now)
         local = (now or datetime.now(UTC)).astimezone(UTC) + timedelta(seconds=offset)

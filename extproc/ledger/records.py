@@ -69,6 +69,7 @@ def usage_record(meta: Mapping[str, str], measured: Measured, *, charged_tokens:
         ended=ended,
         adapter=adapter,
         degraded=meta.get("degraded", ""),
+        plan=meta.get("plan", ""),
     )
     tokens = record.tokens
     tokens.total = measured.total_tokens

@@ -165,6 +165,7 @@ def test_records_reconcile_with_the_counters_over_a_mixed_run(stack: Stack) -> N
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["total"]["requests"] == allowed and doc["total"]["charged_tokens"] == counter
+    assert doc["plans"] == ["pro"] and [b["policy"] for b in doc["budgets"]] == ["pro"]  # not free's
     pro = next(b for b in doc["budgets"] if b["policy"] == "pro")
     assert pro["used"] == counter and pro["remaining"] == pro["limit"] - counter
     text = cli(stack, "usage", "--tenant", tenant, "--by", "class")

@@ -143,6 +143,10 @@ async def test_budgets_left_reads_the_quota_counters(redis_server: RedisServer) 
     assert (left["daily"].used, left["daily"].remaining) == (300, 700)
     assert left["daily"].resets_at_unix_ms == int(datetime(2026, 11, 24, tzinfo=UTC).timestamp() * 1000)
     assert (left["monthly"].used, left["monthly"].remaining) == (0, 5000)
+    planned = QuotaSettings((QuotaPolicy("pro-day", plan="pro", budget=Budget(10, "day")),
+                             QuotaPolicy("free-day", plan="free", budget=Budget(10, "day"))))
+    assert [b.policy for b in await budgets_left(client, planned, "acme", now, plans={"pro"})] == ["pro-day"]
+    assert len(await budgets_left(client, planned, "acme", now)) == 2  # no records: every plan
     assert left["monthly"].resets_at_unix_ms == int(datetime(2026, 12, 1, tzinfo=UTC).timestamp() * 1000)
     await client.aclose()
 

@@ -35,7 +35,7 @@ class Tokens(_message.Message):
     def __init__(self, prompt: _Optional[int] = ..., completion: _Optional[int] = ..., total: _Optional[int] = ..., cached: _Optional[int] = ..., reasoning: _Optional[int] = ...) -> None: ...
 
 class UsageRecord(_message.Message):
-    __slots__ = ("decision_id", "time_unix_ms", "tenant", "subject", "workload_class", "model_requested", "model_served", "upstream", "route", "route_version", "tokens", "source", "charged_tokens", "cost_unit", "cost_units", "status", "streamed", "ttfb_ms", "ttft_ms", "total_ms", "ended", "adapter", "degraded")
+    __slots__ = ("decision_id", "time_unix_ms", "tenant", "subject", "workload_class", "model_requested", "model_served", "upstream", "route", "route_version", "tokens", "source", "charged_tokens", "cost_unit", "cost_units", "status", "streamed", "ttfb_ms", "ttft_ms", "total_ms", "ended", "adapter", "degraded", "plan")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class UsageRecord(_message.Message):
     ENDED_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     time_unix_ms: int
     tenant: str
@@ -82,7 +83,8 @@ class UsageRecord(_message.Message):
     ended: str
     adapter: str
     degraded: str
-    def __init__(self, decision_id: _Optional[str] = ..., time_unix_ms: _Optional[int] = ..., tenant: _Optional[str] = ..., subject: _Optional[str] = ..., workload_class: _Optional[str] = ..., model_requested: _Optional[str] = ..., model_served: _Optional[str] = ..., upstream: _Optional[str] = ..., route: _Optional[str] = ..., route_version: _Optional[int] = ..., tokens: _Optional[_Union[Tokens, _Mapping]] = ..., source: _Optional[_Union[UsageSource, str]] = ..., charged_tokens: _Optional[int] = ..., cost_unit: _Optional[str] = ..., cost_units: _Optional[int] = ..., status: _Optional[int] = ..., streamed: _Optional[bool] = ..., ttfb_ms: _Optional[int] = ..., ttft_ms: _Optional[int] = ..., total_ms: _Optional[int] = ..., ended: _Optional[str] = ..., adapter: _Optional[str] = ..., degraded: _Optional[str] = ...) -> None: ...
+    plan: str
+    def __init__(self, decision_id: _Optional[str] = ..., time_unix_ms: _Optional[int] = ..., tenant: _Optional[str] = ..., subject: _Optional[str] = ..., workload_class: _Optional[str] = ..., model_requested: _Optional[str] = ..., model_served: _Optional[str] = ..., upstream: _Optional[str] = ..., route: _Optional[str] = ..., route_version: _Optional[int] = ..., tokens: _Optional[_Union[Tokens, _Mapping]] = ..., source: _Optional[_Union[UsageSource, str]] = ..., charged_tokens: _Optional[int] = ..., cost_unit: _Optional[str] = ..., cost_units: _Optional[int] = ..., status: _Optional[int] = ..., streamed: _Optional[bool] = ..., ttfb_ms: _Optional[int] = ..., ttft_ms: _Optional[int] = ..., total_ms: _Optional[int] = ..., ended: _Optional[str] = ..., adapter: _Optional[str] = ..., degraded: _Optional[str] = ..., plan: _Optional[str] = ...) -> None: ...
 
 class PolicyEvaluation(_message.Message):
     __slots__ = ("policy", "dimension", "limit", "window", "cost", "used", "remaining", "reset_ms", "retry_ms", "allowed", "enforced")
