@@ -33,7 +33,7 @@ from extproc.ledger.spec import RecordSettings
 from extproc.ledger.writer import LedgerWriter
 from extproc.pipeline import Pipeline
 from extproc.quota.local_store import LocalLimiter
-from extproc.quota.redis_client import client_from_url
+from extproc.quota.redis_client import client_from_url, quota_client
 from extproc.quota.redis_store import RedisQuotaStore
 from extproc.quota.service import QuotaService
 from extproc.routing.store import RouteStore
@@ -65,7 +65,7 @@ class Worker:
         self.settings = settings
         self.config = ConfigHolder(settings.config_path)
         self.identity = JwtAuthenticator()
-        self.redis = (client_from_url(settings.redis_url, settings.redis_timeout_ms / 1000)
+        self.redis = (quota_client(settings.redis_url, settings.redis_timeout_ms / 1000)
                       if settings.redis_url else None)
         store = RedisQuotaStore(self.redis, settings.redis_timeout_ms / 1000) if self.redis else None
         self.quota = QuotaService(store, LocalLimiter(self.config.current.quotas.replicas))

@@ -117,8 +117,8 @@ class Bench:
         self.urls: dict[str, str] = {}
         self.sidecar_pid: dict[str, int] = {}
 
-    def _spawn(self, name: str, cmd: list[str]) -> Child:
-        child = Child(name, cmd, self.dir)
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Child:
+        child = Child(name, cmd, self.dir, env)
         self.children.append(child)
         return child
 
@@ -129,8 +129,9 @@ class Bench:
                                    "--base-id", str(admin), "--concurrency", "1"])
         wait_http(f"http://127.0.0.1:{admin}/ready", proc=child.proc)
 
-    def start(self, records_ab: bool = False) -> None:
-        """``records_ab``: also (C-norec), the full sidecar with usage and decision records off."""
+    def start(self, records_ab: bool = False, client_ab: bool = False) -> None:
+        """``records_ab``: also (C-norec), the full sidecar with usage and decision records off.
+        ``client_ab``: also (C-redispy), the full sidecar on redis-py instead of the lean client."""
         admin = free_port()
         self._envoy("fake-upstream", _template("fake-upstream.yaml", ADMIN_PORT=admin,
                                                 POOL_A_PORT=self.pool_a, POOL_B_PORT=self.pool_b), admin)
@@ -149,9 +150,13 @@ class Bench:
         if records_ab:
             full, self.sidecar_pid["C-norec"] = self.full_sidecar("sidecar-norec", records=False)
             self._gateway("C-norec", full[0])
+        if client_ab:
+            full, self.sidecar_pid["C-redispy"] = self.full_sidecar(
+                "sidecar-redispy", env={"EXTPROC_QUOTA_CLIENT": "redis-py"})
+            self._gateway("C-redispy", full[0])
 
-    def full_sidecar(self, name: str = "sidecar", workers: int = 1,
-                     records: bool = True) -> tuple[list[str], int]:
+    def full_sidecar(self, name: str = "sidecar", workers: int = 1, records: bool = True,
+                     env: dict[str, str] | None = None) -> tuple[list[str], int]:
         """Start the full sidecar with the bench policy (records at their production defaults,
         or off); its worker addresses and its pid."""
         policy = self.dir / ("policy.yaml" if records else "policy-norec.yaml")
@@ -160,7 +165,7 @@ class Bench:
                               .split("\nquotas:")[0] + BENCH_QUOTA
                               + ("" if records else "records: {enabled: false}\n"))
         base, admin = free_port_block(workers), free_port_block(workers)
-        child = self._spawn(name, [sys.executable, "-m", "extproc", "serve", "--config", str(policy),
+        child = self._spawn(name, env=env, cmd=[sys.executable, "-m", "extproc", "serve", "--config", str(policy),
                                    "--listen", f"127.0.0.1:{base}", "--admin", f"127.0.0.1:{admin}",
                                    "--workers", str(workers), "--redis-url", self.redis.url,
                                    "--log-level", "warning"])
@@ -202,6 +207,8 @@ def main() -> int:
     parser.add_argument("--rates", default="0.25,0.5,0.75",
                         help="open-loop latency at these fractions of B's maximum throughput ('' to skip)")
     parser.add_argument("--latency-seconds", type=float, default=10, help="length of each open-loop run")
+    parser.add_argument("--client-ab", action="store_true",
+                        help="also run C-redispy (the quota store on redis-py), ext_proc only")
     parser.add_argument("--records-ab", action="store_true",
                         help="also run C-norec (records off), ext_proc only: what records cost")
     args = parser.parse_args()
@@ -214,10 +221,11 @@ def main() -> int:
     bench = Bench(workdir)
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     try:
-        bench.start(records_ab=args.records_ab)
+        bench.start(records_ab=args.records_ab, client_ab=args.client_ab)
         workloads = {"GET /v1/models": ("/v1/models", None), "POST /v1/chat/completions": (
             "/v1/chat/completions", CHAT_BODY)}
-        configs = ["A", "B", "C", *(["C-norec"] if args.records_ab else []), "B-authz", "C-authz"]
+        configs = ["A", "B", "C", *(["C-norec"] if args.records_ab else []),
+                   *(["C-redispy"] if args.client_ab else []), "B-authz", "C-authz"]
         for path, body in workloads.values():  # warm-up: caches, connections, JWKS
             for cfg in configs:
                 run_wrk(bench.urls[cfg] + path, bench.token, body, 1, 4, workdir)
@@ -300,6 +308,12 @@ def summarize(results: dict[str, dict[str, list[dict[str, float]]]], args: argpa
                 "cpu_per_request_C_over_B": round(rows[c]["sidecar_cpu_us_per_request"]
                                                   / rows[b]["sidecar_cpu_us_per_request"], 3),
             }
+        if "C-redispy" in rows:
+            ratios["quota_client"] = {
+                "throughput_C_over_C_redispy": round(rows["C"]["rps"] / rows["C-redispy"]["rps"], 3),
+                "cpu_per_request_C_over_C_redispy": round(rows["C"]["sidecar_cpu_us_per_request"]
+                                                          / rows["C-redispy"]["sidecar_cpu_us_per_request"], 3),
+            }
         if "C-norec" in rows:
             ratios["records"] = {
                 "throughput_C_over_C_norec": round(rows["C"]["rps"] / rows["C-norec"]["rps"], 3),
@@ -336,7 +350,7 @@ def markdown(report: dict) -> str:
                          f"{r['non_2xx']:.0f} | {r['sidecar_cpu_us_per_request']:.0f} | {r['sidecar_rss_mb']:.0f} |")
         lines += ["", "| adapter | throughput C/B | throughput C/A | p99 C/B | CPU/request C/B |", "|---|---|---|---|---|"]
         for adapter, ra in data["ratios"].items():
-            if adapter == "records":
+            if adapter in ("records", "quota_client"):
                 continue
             lines.append(f"| {adapter} | {ra['throughput_C_over_B']} | {ra['throughput_C_over_A']} | "
                          f"{ra['p99_C_over_B']} | {ra['cpu_per_request_C_over_B']} |")
@@ -355,6 +369,10 @@ def markdown(report: dict) -> str:
                 if "0.5" in latency.get(b, {}) and "0.5" in latency.get(c, {}):
                     ratio = latency[c]["0.5"]["p99_ms"] / latency[b]["0.5"]["p99_ms"]
                     lines.append(f"\np99 at 50% load, {c}/{b}: {ratio:.2f} (target ≤ 1.3)")
+        if "quota_client" in data["ratios"]:
+            ra = data["ratios"]["quota_client"]
+            lines += ["", f"Lean quota client (C vs C-redispy, ext_proc): throughput "
+                          f"{ra['throughput_C_over_C_redispy']}, CPU/request {ra['cpu_per_request_C_over_C_redispy']}."]
         if "records" in data["ratios"]:
             ra = data["ratios"]["records"]
             lines += ["", f"Records (C vs C-norec, ext_proc): throughput {ra['throughput_C_over_C_norec']}, "

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -51,3 +52,15 @@ def client_from_url(url: str, timeout_s: float) -> Any:
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in hosts], password=password,
                             socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r}")
+
+
+def quota_client(url: str, timeout_s: float) -> Any:
+    """The quota store's client: the lean EVALSHA client (``quota.resp``) for a single node,
+    redis-py for Sentinel, Cluster, TLS and Unix sockets, or everywhere with
+    ``EXTPROC_QUOTA_CLIENT=redis-py`` (a way back, and the perf A/B)."""
+    from extproc.quota.resp import LeanRedis, supports
+
+    if supports(url) and os.environ.get("EXTPROC_QUOTA_CLIENT", "lean") != "redis-py":
+        # The connection attempt outlives one call's timeout (it is shared and shielded).
+        return LeanRedis(url, max(1.0, timeout_s))
+    return client_from_url(url, timeout_s)

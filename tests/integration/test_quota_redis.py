@@ -18,7 +18,7 @@ from extproc.quota.breaker import CircuitBreaker
 from extproc.quota.local_store import LocalLimiter
 from extproc.quota.plan import plan
 from extproc.quota.recipe import SettleRecipe
-from extproc.quota.redis_client import client_from_url
+from extproc.quota.redis_client import client_from_url, quota_client
 from extproc.quota.redis_store import RedisQuotaStore, settle_recipe
 from extproc.quota.service import QuotaService
 from extproc.quota.spec import Budget, FailureMode, QuotaPolicy, QuotaSettings, Rate, Unit
@@ -60,7 +60,7 @@ def ms(dt: datetime) -> int:
 async def store_for(server: RedisServer, now_ms: int | None = None, timeout: float = 2.0) -> RedisQuotaStore:
     """A store for functional tests: a timeout generous for a loaded CI box (outage tests make
     their own with short ones); connected first, as the sidecar does at start."""
-    store = RedisQuotaStore(client_from_url(server.url, timeout), timeout, CircuitBreaker(3, 0.5), now_ms)
+    store = RedisQuotaStore(quota_client(server.url, timeout), timeout, CircuitBreaker(3, 0.5), now_ms)
     await store.start()
     return store
 
@@ -89,7 +89,7 @@ async def test_rate_limit_admits_exactly_the_burst_and_denials_consume_nothing(r
 
 def _worker(url: str, n: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     async def run() -> int:
-        store = RedisQuotaStore(client_from_url(url, 2.0), 2.0)
+        store = RedisQuotaStore(quota_client(url, 2.0), 2.0)
         await store.start()  # a cluster client learns its slots before the burst
         s = settings(QuotaPolicy("rpm", requests=Rate(50, 60_000, 50)),
                      QuotaPolicy("tokens", budget=Budget(10**9, "day")))
@@ -261,7 +261,7 @@ async def test_outage_failure_modes_breaker_and_recovery(tmp_path) -> None:
     closed = QuotaPolicy("strict", requests=Rate(100, 60_000, 100), on_store_failure=FailureMode.CLOSED)
     opened = QuotaPolicy("lenient", requests=Rate(100, 60_000, 100), on_store_failure=FailureMode.OPEN)
     local = QuotaPolicy("local", requests=Rate(10, 60_000, 10), on_store_failure=FailureMode.LOCAL)
-    service = QuotaService(RedisQuotaStore(client_from_url(server.url, 0.05), 0.05, CircuitBreaker(3, 0.3)),
+    service = QuotaService(RedisQuotaStore(quota_client(server.url, 0.05), 0.05, CircuitBreaker(3, 0.3)),
                            LocalLimiter())
     try:
         ok = await service.admit(settings(closed), ACME, CHAT, "r1", BODY, "x")
@@ -360,7 +360,7 @@ async def test_the_refusal_reported_is_the_one_that_admits_last(redis_server) ->
 async def test_admissions_that_reach_a_paused_redis_late_consume_nothing(tmp_path) -> None:
     server = RedisServer(tmp_path / "r").start()
     s = settings(QuotaPolicy("cc", concurrency=10, budget=Budget(10**6, "day")))
-    store = RedisQuotaStore(client_from_url(server.url, 0.05), 0.05, CircuitBreaker(100, 0.1))
+    store = RedisQuotaStore(quota_client(server.url, 0.05), 0.05, CircuitBreaker(100, 0.1))
     try:
         assert (await admit(store, s, "calibrate")).admitted  # learns the Redis clock offset
         server.pause()
@@ -434,3 +434,29 @@ async def test_shadow_policies_decide_and_count_but_never_block(redis_server) ->
     verdicts = [t.admission.states[0].allowed for t in tickets if t]
     assert verdicts == [True, True, False, False]  # what enforcing would have done, recorded
     await service.store.client.aclose()  # type: ignore[union-attr]
+
+
+async def test_lean_client_authenticates_selects_its_db_and_refuses_a_wrong_password(tmp_path) -> None:
+    from extproc.quota.resp import LeanRedis
+
+    server = RedisServer(tmp_path / "auth").start()
+    setup = client_from_url(server.url, 2.0)
+    await setup.config_set("requirepass", "s3cret")
+    await setup.aclose()
+    try:
+        url = f"redis://:s3cret@127.0.0.1:{server.port}/2"
+        client = quota_client(url, 2.0)
+        assert isinstance(client, LeanRedis)  # a single node: the lean client
+        store = RedisQuotaStore(client, 2.0)
+        s = settings(QuotaPolicy("rpm", requests=Rate(2, 60_000, 2)))
+        assert [(await admit(store, s, str(i))).admitted for i in range(3)] == [True, True, False]
+        raw = client_from_url(url, 2.0)
+        assert await raw.exists("xq:{acme}:r:rpm") == 1  # in db 2, where the URL said
+        await raw.aclose()
+        await client.aclose()
+        wrong = RedisQuotaStore(quota_client(f"redis://:nope@127.0.0.1:{server.port}/0", 2.0), 2.0)
+        with pytest.raises(StoreUnavailable):
+            await admit(wrong, s, "x")
+        await wrong.client.aclose()
+    finally:
+        server.stop()
