@@ -41,6 +41,11 @@ def _pack(args: tuple[bytes | str, ...]) -> bytes:
     return b"".join(out)
 
 
+#: A connection whose oldest unanswered call is this old is dead (a host gone without a reset,
+#: an expired NAT entry): closed, so its calls fail now and the next ones reconnect.
+STALE_S = 2.0
+
+
 class _Connection(asyncio.Protocol):
     """One socket; replies resolve the waiting calls in the order they were sent."""
 
@@ -48,6 +53,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader()
         self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.sent_at: deque[float] = deque()
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -57,8 +63,9 @@ class _Connection(asyncio.Protocol):
         self.reader.feed(data)
         while (reply := self.reader.gets()) is not False:
             if not self.waiting:
-                break  # nothing asked for it (cannot happen with an ordered protocol)
+                continue  # unsolicited (an error Redis sends before it closes): nobody asked
             future = self.waiting.popleft()
+            self.sent_at.popleft()
             if not future.done():  # a caller that timed out leaves its future cancelled
                 if isinstance(reply, hiredis.ReplyError):
                     future.set_exception(redis_errors.ResponseError(str(reply)))
@@ -68,15 +75,22 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         error = redis_errors.ConnectionError(f"connection to Redis lost: {exc or 'closed by the server'}")
+        self.sent_at.clear()
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
                 future.set_exception(error)
 
+    def stale(self, now: float) -> bool:
+        return bool(self.sent_at) and now - self.sent_at[0] > STALE_S
+
     def send(self, packed: bytes) -> asyncio.Future[Any]:
-        assert self.transport is not None
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise redis_errors.ConnectionError("connection to Redis closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self.waiting.append(future)
+        self.sent_at.append(loop.time())
         self.transport.write(packed)
         return future
 
@@ -95,6 +109,7 @@ class LeanRedis:
         self._slots: list[_Connection | None] = [None] * connections
         self._connecting: list[asyncio.Future[_Connection] | None] = [None] * connections
         self._next = 0
+        self._closed = False
 
     def register_script(self, source: str) -> LeanScript:
         return LeanScript(self, source)
@@ -103,6 +118,10 @@ class LeanRedis:
         i = self._next
         self._next = (i + 1) % len(self._slots)
         conn = self._slots[i]
+        if conn is not None and conn.stale(asyncio.get_running_loop().time()):
+            assert conn.transport is not None
+            conn.transport.abort()  # fails its waiting calls; this one gets a new connection
+            conn.closed = True
         if conn is None or conn.closed:
             conn = await self._connect(i)
         return await conn.send(_pack(args))
@@ -111,9 +130,22 @@ class LeanRedis:
         """One connection attempt per slot at a time; concurrent callers share it."""
         pending = self._connecting[i]
         if pending is None:
-            pending = self._connecting[i] = asyncio.ensure_future(self._open())
-            pending.add_done_callback(lambda _: self._connecting.__setitem__(i, None))
-        conn = await asyncio.shield(pending)
+            pending = self._connecting[i] = asyncio.ensure_future(self._open_slot(i))
+            pending.add_done_callback(lambda f: self._connected(i, f))
+        return await asyncio.shield(pending)
+
+    def _connected(self, i: int, attempt: asyncio.Future[_Connection]) -> None:
+        self._connecting[i] = None
+        if not attempt.cancelled():
+            attempt.exception()  # retrieved: every waiter may have given up already
+
+    async def _open_slot(self, i: int) -> _Connection:
+        """Open a connection and publish it in its slot, before any waiter resumes."""
+        conn = await self._open()
+        if self._closed:
+            assert conn.transport is not None
+            conn.transport.close()
+            raise redis_errors.ConnectionError("client closed")
         self._slots[i] = conn
         return conn
 
@@ -137,6 +169,7 @@ class LeanRedis:
         return conn
 
     async def aclose(self) -> None:
+        self._closed = True
         for conn in self._slots:
             if conn is not None and conn.transport is not None:
                 conn.transport.close()

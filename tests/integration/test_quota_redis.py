@@ -460,3 +460,30 @@ async def test_lean_client_authenticates_selects_its_db_and_refuses_a_wrong_pass
         await wrong.client.aclose()
     finally:
         server.stop()
+
+
+async def test_lean_client_drops_a_connection_that_stopped_answering(tmp_path) -> None:
+    """A connection whose oldest call has waited past STALE_S is closed, not reused forever
+    (a Redis host gone without a reset would otherwise take every Nth call down)."""
+    from extproc.quota import resp
+
+    server = RedisServer(tmp_path / "stale").start()
+    client = resp.LeanRedis(server.url, 1.0, connections=1)
+    try:
+        assert await client.execute("PING") == b"PONG"
+        first = client._slots[0]
+        server.pause()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await client.execute("PING")
+        await asyncio.sleep(resp.STALE_S + 0.2)
+        with pytest.raises(TimeoutError):  # still paused: but on a new connection
+            async with asyncio.timeout(0.2):
+                await client.execute("PING")
+        assert first is not None and first.closed and client._slots[0] is not first
+        server.resume()
+        assert await client.execute("PING") == b"PONG"
+    finally:
+        server.resume()
+        await client.aclose()
+        server.stop()
