@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import re
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -219,37 +220,29 @@ def _routes(args: argparse.Namespace) -> int:
 
 
 async def _routes_redis(args: argparse.Namespace, config: Any, workload: Any) -> int:
-    from redis.exceptions import RedisError
-
     from extproc.config.reader import ConfigError
-    from extproc.quota.redis_client import client_from_url
     from extproc.routing import operator as ops
     from extproc.routing.store import RouteStore
 
-    client = client_from_url(args.redis_url, 5.0)
-    store = RouteStore(client)
     author = getattr(args, "author", None) or ops.default_author()
-    try:
+
+    async def work(client: Any) -> tuple[int, str]:
+        store = RouteStore(client)
         if args.verb == "get":
-            result = await ops.get(store, args.version, args.json)
-        elif args.verb == "apply":
-            result = await ops.apply(store, config, Path(args.file), args.reason, author, args.dry_run)
-        elif args.verb == "rollback":
-            result = await ops.rollback(store, config, args.version, args.reason, author, args.dry_run)
-        elif args.verb == "history":
-            result = await ops.history(store, args.limit)
-        else:
-            try:
-                table = ops.table_from(await store.get(), config)
-            except ConfigError as exc:
-                result = (1, f"the live table is not valid against {args.config}:\n{exc}")
-            else:
-                result = ops.explain(table, args.tenant, args.plan, workload, args.model)
-    except (OSError, RedisError) as exc:
-        result = (1, f"cannot reach Redis at {_redacted(args.redis_url)}: {exc}")
-    finally:
-        await client.aclose()
-    return _print(*result)
+            return await ops.get(store, args.version, args.json)
+        if args.verb == "apply":
+            return await ops.apply(store, config, Path(args.file), args.reason, author, args.dry_run)
+        if args.verb == "rollback":
+            return await ops.rollback(store, config, args.version, args.reason, author, args.dry_run)
+        if args.verb == "history":
+            return await ops.history(store, args.limit)
+        try:
+            table = ops.table_from(await store.get(), config)
+        except ConfigError as exc:
+            return 1, f"the live table is not valid against {args.config}:\n{exc}"
+        return ops.explain(table, args.tenant, args.plan, workload, args.model)
+
+    return await _on_redis(args.redis_url, work)
 
 
 def _records(args: argparse.Namespace) -> int:
@@ -281,24 +274,31 @@ def _records(args: argparse.Namespace) -> int:
 async def _records_redis(args: argparse.Namespace, config: Any, since_ms: int) -> int:
     import json
 
-    from redis.exceptions import RedisError
-
     from extproc.ledger import operator as ops
-    from extproc.quota.redis_client import client_from_url
 
-    client = client_from_url(args.redis_url, 5.0)
-    try:
+    async def work(client: Any) -> tuple[int, str]:
         if args.command == "explain":
             doc = await ops.decision_document(client, args.decision_id, config)
-            code = 0 if doc["found"] else 1
-            result = (code, json.dumps(doc, indent=2) if args.json else doc["explain"])
-        else:
-            report, budgets = await ops.usage_document(client, config, args.tenant, since_ms, args.by)
-            text = (json.dumps(ops.usage_json(report, budgets), indent=2) if args.json
-                    else ops.usage_text(report, budgets))
-            result = (0, text)
+            return (0 if doc["found"] else 1), (json.dumps(doc, indent=2) if args.json else doc["explain"])
+        report, budgets = await ops.usage_document(client, config, args.tenant, since_ms, args.by)
+        return 0, (json.dumps(ops.usage_json(report, budgets), indent=2) if args.json
+                   else ops.usage_text(report, budgets))
+
+    return await _on_redis(args.redis_url, work)
+
+
+async def _on_redis(url: str, work: Callable[[Any], Awaitable[tuple[int, str]]]) -> int:
+    """Run an operator command on its own Redis client; print its answer, or that Redis is
+    unreachable (the password redacted)."""
+    from redis.exceptions import RedisError
+
+    from extproc.quota.redis_client import client_from_url
+
+    client = client_from_url(url, 5.0)
+    try:
+        result = await work(client)
     except (OSError, RedisError) as exc:
-        result = (1, f"cannot reach Redis at {_redacted(args.redis_url)}: {exc}")
+        result = (1, f"cannot reach Redis at {_redacted(url)}: {exc}")
     finally:
         await client.aclose()
     return _print(*result)
