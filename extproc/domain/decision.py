@@ -55,12 +55,16 @@ class Decision:
     #: any, and writes the usage record.
     usage_stream: bool = False
     #: For the decision record: the verified identity (never the token), every quota limit the
-    #: admission evaluated (``quota.store.Admission``), the cost estimate, and the prompt's share.
+    #: admission evaluated (``quota.store.Admission``), and the prompt's share of the estimate.
     identity: Identity | None = None
     admission: Any = None
-    estimate_tokens: int = 0
     prompt_tokens: int = 0
     clamped: bool = False
+
+    @property
+    def estimate_tokens(self) -> int:
+        """The tokens the admission reserved (0 without a quota ticket)."""
+        return self.quota.plan.estimate_tokens if self.quota is not None else 0
 
     @property
     def allowed(self) -> bool:
@@ -180,7 +184,6 @@ def allow(
         usage_stream=usage_stream or usage_recipe is not None,
         identity=identity,
         admission=quota.admission if quota is not None else None,
-        estimate_tokens=quota.plan.estimate_tokens if quota is not None else 0,
         prompt_tokens=quota.plan.prompt_tokens if quota is not None else prompt_tokens,
         clamped=clamped,
     )
