@@ -23,6 +23,7 @@ from extproc.domain.facts import RequestFacts
 from extproc.ledger.records import UsageRecord, decision_record
 from extproc.ledger.spec import USAGE_STREAM, RecordSettings, decision_key, keeps_allowed
 from extproc.telemetry.metrics import RECORDS, RECORDS_FLUSH_ERRORS, RECORDS_PENDING
+from extproc.telemetry.tracing import current_trace_id
 
 log = logging.getLogger("extproc.records")
 
@@ -57,13 +58,15 @@ class LedgerWriter:
     def pending(self) -> int:
         return len(self._pending)
 
-    def decision(self, decision: Decision, facts: RequestFacts, adapter: str, trace_id: str | None) -> None:
-        """Keep this decision's record: every denial and degraded decision, sampled allows."""
+    def decision(self, decision: Decision, facts: RequestFacts, adapter: str) -> None:
+        """Keep this decision's record: every denial and degraded decision, sampled allows.
+        Called in the request's trace context (the trace id is read only for kept records)."""
         settings = self._settings()
         if not settings.enabled or (decision.allowed and not decision.degraded
                                     and not keeps_allowed(decision.decision_id, settings.allow_sample)):
             return
-        self._queue(_DecisionItem(decision, facts, adapter, trace_id, int(time.time() * 1000)), settings)
+        item = _DecisionItem(decision, facts, adapter, current_trace_id(), int(time.time() * 1000))
+        self._queue(item, settings)
 
     def usage(self, record: UsageRecord) -> None:
         settings = self._settings()

@@ -68,8 +68,7 @@ class TenantLabels:
 class DecisionRecorder(Protocol):
     """Keeps decision records (``ledger.writer.LedgerWriter``)."""
 
-    def decision(self, decision: Decision, facts: RequestFacts, adapter: str,
-                 trace_id: str | None) -> None: ...
+    def decision(self, decision: Decision, facts: RequestFacts, adapter: str) -> None: ...
 
 
 class DecisionObserver:
@@ -105,7 +104,7 @@ class DecisionObserver:
             TOKENS_RESERVED.labels(decision.workload.value, decision.route or "-").inc(
                 decision.quota.plan.estimate_tokens)
         if self._recorder is not None:
-            self._recorder.decision(decision, facts, self._adapter, current_trace_id())
+            self._recorder.decision(decision, facts, self._adapter)
         if not decision.allowed or decision.degraded or (
                 self._allow_log_sample and random.random() < self._allow_log_sample):
             self._log(decision, facts, outcome)

@@ -48,7 +48,7 @@ async def test_denials_outlive_allows_and_unsampled_allows_keep_only_their_usage
     settings = RecordSettings(allow_sample=0.5, allow_ttl_s=3600, deny_ttl_s=7 * 86400)
     writer = LedgerWriter(client, lambda: settings)
     denied = deny(new_decision_id(), Reason.RATE_LIMITED, "slow down", CHAT, ALICE, policy="rpm")
-    writer.decision(denied, FACTS, "ext_proc", None)
+    writer.decision(denied, FACTS, "ext_proc")
     kept = next(i for i in iter(new_decision_id, None) if keeps_allowed(i, 0.5))
     skipped = next(i for i in iter(new_decision_id, None) if not keeps_allowed(i, 0.5))
     writer.usage(usage(kept))  # type: ignore[arg-type]
@@ -159,7 +159,7 @@ async def test_records_on_a_redis_cluster(redis_cluster_url: str) -> None:
     try:
         denials = [deny(new_decision_id(), Reason.RATE_LIMITED, "slow down", CHAT, ALICE) for _ in range(20)]
         for d in denials:  # keys hash-tagged by id: spread over the three nodes
-            writer.decision(d, FACTS, "ext_proc", None)
+            writer.decision(d, FACTS, "ext_proc")
         for d in denials[:5]:
             writer.usage(usage(d.decision_id))  # type: ignore[arg-type]
         while writer.pending:
@@ -175,9 +175,9 @@ async def test_a_record_the_schema_cannot_hold_is_dropped_not_blocking_the_rest(
     client = Redis.from_url(redis_server.url)
     writer = LedgerWriter(client, lambda: RecordSettings(allow_sample=1.0))
     bad = Identity("acme", subject="alice", scopes=frozenset({"\ud800"}), verified=True)  # not UTF-8
-    writer.decision(deny(new_decision_id(), Reason.RATE_LIMITED, "x", CHAT, bad), FACTS, "ext_proc", None)
+    writer.decision(deny(new_decision_id(), Reason.RATE_LIMITED, "x", CHAT, bad), FACTS, "ext_proc")
     good = deny(new_decision_id(), Reason.RATE_LIMITED, "x", CHAT, ALICE)
-    writer.decision(good, FACTS, "ext_proc", None)
+    writer.decision(good, FACTS, "ext_proc")
     writer.usage_from(lambda: usage(new_decision_id(), total=2**70))  # type: ignore[arg-type,return-value]
     assert await writer.flush_batch() == 2 and writer.pending == 0
     assert (await find_decision(client, good.decision_id)).decision is not None
