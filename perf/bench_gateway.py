@@ -155,15 +155,20 @@ class Bench:
                 "sidecar-redispy", env={"EXTPROC_QUOTA_CLIENT": "redis-py"})
             self._gateway("C-redispy", full[0])
 
-    def full_sidecar(self, name: str = "sidecar", workers: int = 1, records: bool = True,
-                     env: dict[str, str] | None = None) -> tuple[list[str], int]:
-        """Start the full sidecar with the bench policy (records at their production defaults,
-        or off); its worker addresses and its pid."""
+    def policy(self, records: bool = True) -> Path:
+        """The bench policy: the demo's, with this run's issuer and a quota no load exhausts."""
         policy = self.dir / ("policy.yaml" if records else "policy-norec.yaml")
         if not policy.exists():
             policy.write_text(DEMO_CONFIG.read_text().replace(DEFAULT_ISSUER, self.issuer)
                               .split("\nquotas:")[0] + BENCH_QUOTA
                               + ("" if records else "records: {enabled: false}\n"))
+        return policy
+
+    def full_sidecar(self, name: str = "sidecar", workers: int = 1, records: bool = True,
+                     env: dict[str, str] | None = None) -> tuple[list[str], int]:
+        """Start the full sidecar with the bench policy (records at their production defaults,
+        or off); its worker addresses and its pid."""
+        policy = self.policy(records)
         base, admin = free_port_block(workers), free_port_block(workers)
         child = self._spawn(name, env=env, cmd=[sys.executable, "-m", "extproc", "serve", "--config", str(policy),
                                    "--listen", f"127.0.0.1:{base}", "--admin", f"127.0.0.1:{admin}",

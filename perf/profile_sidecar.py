@@ -61,6 +61,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--config", choices=("B", "C"), default="C",
+                        help="C: the full sidecar; B: the do-nothing sidecar (the gRPC floor, to compare)")
     parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results" / dt.date.today().isoformat())
     args = parser.parse_args()
     path, body = WORKLOADS[args.workload]
@@ -69,9 +71,9 @@ def main() -> int:
     raw = workdir / "stacks.txt"
     try:
         bench.start()
-        url = bench.urls["C"] + path
+        url = bench.urls[args.config] + path
         run_wrk(url, bench.token, body, 2, 8, workdir)  # warm-up
-        pid = bench.sidecar_pid["C"]
+        pid = bench.sidecar_pid[args.config]
         spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
                                 "--duration", str(args.seconds), "--rate", "250", "--format", "raw",
                                 "--output", str(raw), "--nonblocking"],
@@ -91,9 +93,10 @@ def main() -> int:
         return 1
     total, inclusive, own = fold(raw.read_text())
     ours = [(k, v) for k, v in inclusive.most_common() if k.startswith("extproc/")][: args.top]
-    lines = [f"# Full sidecar profile, {args.workload} ({dt.datetime.now(dt.UTC).isoformat(timespec='seconds')})",
-             "", f"`perf/profile_sidecar.py --workload {args.workload} --seconds {args.seconds}`: wrk "
-             f"{args.connections} connections on (C) for {args.seconds} s at {load.get('rps', 0):.0f} req/s, "
+    who = "Full" if args.config == "C" else "Do-nothing"
+    lines = [f"# {who} sidecar profile, {args.workload} ({dt.datetime.now(dt.UTC).isoformat(timespec='seconds')})",
+             "", f"`perf/profile_sidecar.py --config {args.config} --workload {args.workload} --seconds {args.seconds}`: "
+             f"wrk {args.connections} connections on ({args.config}) for {args.seconds} s at {load.get('rps', 0):.0f} req/s, "
              f"{cpu_per_request:.0f} µs sidecar CPU per request; py-spy at 250 Hz, {total} samples "
              "(every thread, idle excluded). Percentages are of all samples.", "",
              "## Top inclusive, our code", "", "| % | function |", "|---|---|"]
@@ -103,7 +106,7 @@ def main() -> int:
     lines += ["", "## Top inclusive, everything", "", "| % | function |", "|---|---|"]
     lines += [f"| {v / total * 100:.1f} | `{k}` |" for k, v in inclusive.most_common(args.top)]
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"profile-{args.workload}.md"
+    out = args.out / f"profile-{args.workload}{'' if args.config == 'C' else '-' + args.config}.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"\nwritten: {out}")

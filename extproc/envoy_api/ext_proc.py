@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
+import grpc
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
-from google.protobuf import struct_pb2
 
 from extproc.domain.decision import Decision
 from extproc.domain.facts import RequestFacts
-from extproc.envoy_api.headers import facts_from_pairs, header_option, header_value, removals, string_struct
+from extproc.envoy_api import wire
+from extproc.envoy_api.headers import facts_from_pairs, header_option, header_value, removals
 
 ProcessingRequest = pb.ProcessingRequest
 ProcessingResponse = pb.ProcessingResponse
 Servicer = pb_grpc.ExternalProcessorServicer
-add_to_server = pb_grpc.add_ExternalProcessorServicer_to_server
 SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 #: Namespace of the dynamic metadata we emit (``%DYNAMIC_METADATA(extproc:tenant)%``).
@@ -90,11 +92,31 @@ def request_facts(headers: pb.HttpHeaders, listener: str) -> RequestFacts:
     )
 
 
-def _strip_mutation(facts: RequestFacts) -> pb.HeaderMutation:
-    return pb.HeaderMutation(remove_headers=facts.stripped)
+# The answers are protobuf wire bytes written directly (``wire``: building the messages field
+# by field cost more than the rest of the codec), and grpc sends them as they are
+# (``add_to_server``). Tags of the fields they use:
+_PR = pb.ProcessingResponse
+_REQUEST_HEADERS, _RESPONSE_HEADERS = wire.tag(_PR, "request_headers"), wire.tag(_PR, "response_headers")
+_REQUEST_BODY, _DYNAMIC_METADATA = wire.tag(_PR, "request_body"), wire.tag(_PR, "dynamic_metadata")
+_HEADERS_RESPONSE = wire.tag(pb.HeadersResponse, "response")
+_BODY_RESPONSE = wire.tag(pb.BodyResponse, "response")
+_HEADER_MUTATION = wire.tag(pb.CommonResponse, "header_mutation")
+_BODY_MUTATION = wire.tag(pb.CommonResponse, "body_mutation")
+_CLEAR_ROUTE_CACHE = wire.varint_field(pb.CommonResponse, "clear_route_cache", 1)
+_SET_HEADERS = wire.tag(pb.HeaderMutation, "set_headers")
+_REMOVE_HEADERS = wire.tag(pb.HeaderMutation, "remove_headers")
+_BODY = wire.tag(pb.BodyMutation, "body")
+_READ_BODY_OVERRIDE = wire.field(wire.tag(_PR, "mode_override"), _READ_BODY_MODE.SerializeToString())
+_READ_RESPONSE_OVERRIDE = wire.field(wire.tag(_PR, "mode_override"), _READ_RESPONSE_MODE.SerializeToString())
 
 
-def read_body(facts: RequestFacts) -> pb.ProcessingResponse:
+def _mutation(sets: list[tuple[str, str]], removes: Iterable[str] = ()) -> bytes:
+    """A ``HeaderMutation``: set (overwrite or add) these headers, remove those."""
+    return b"".join([*(wire.field(_SET_HEADERS, wire.header_option(k, v)) for k, v in sets),
+                     *(wire.field(_REMOVE_HEADERS, h.encode()) for h in removes)])
+
+
+def read_body(facts: RequestFacts) -> bytes:
     """Continue the headers (stripped of internal ones) and ask Envoy for the body.
 
     The route cache is cleared here already. When the body arrives after this
@@ -102,76 +124,61 @@ def read_body(facts: RequestFacts) -> pb.ProcessingResponse:
     its route before it clears the cache for our body response; a route cached
     at request-headers time (no ``x-extproc-upstream`` yet) would then win and
     the request fail with ``cluster_not_found``. Envoy ignores
-    ``clear_route_cache`` without a header mutation, so one is always present.
+    ``clear_route_cache`` without a header mutation, so one is always present
+    (an empty one is still sent).
     """
-    common = pb.CommonResponse(clear_route_cache=True)
-    common.header_mutation.CopyFrom(_strip_mutation(facts))
-    return pb.ProcessingResponse(
-        request_headers=pb.HeadersResponse(response=common), mode_override=_READ_BODY_MODE
-    )
+    common = wire.field(_HEADER_MUTATION, _mutation([], facts.stripped)) + _CLEAR_ROUTE_CACHE
+    return wire.field(_REQUEST_HEADERS, wire.field(_HEADERS_RESPONSE, common)) + _READ_BODY_OVERRIDE
 
 
-def _allow_common(decision: Decision, facts: RequestFacts) -> pb.CommonResponse:
-    upstream = decision.upstream_headers()
-    mutation = pb.HeaderMutation(
-        set_headers=[header_option(k, v) for k, v in upstream],
-        remove_headers=removals(facts, upstream),
-    )
-    # The router picked its route before we set x-extproc-upstream: clear the
-    # route cache so the route (cluster_header) is chosen again with our header.
-    return pb.CommonResponse(header_mutation=mutation, clear_route_cache=True)
+def _metadata(decision: Decision) -> bytes:
+    """The decision's dynamic metadata, ``{extproc: {...}}``, as a ``dynamic_metadata`` field."""
+    return wire.field(_DYNAMIC_METADATA,
+                      wire.namespaced_struct(METADATA_NAMESPACE, wire.string_struct(decision.metadata())))
 
 
-def _metadata(decision: Decision) -> struct_pb2.Struct:
-    inner = string_struct(decision.metadata())
-    return struct_pb2.Struct(fields={METADATA_NAMESPACE: struct_pb2.Value(struct_value=inner)})
-
-
-def decided(decision: Decision, facts: RequestFacts, phase: str) -> pb.ProcessingResponse:
+def decided(decision: Decision, facts: RequestFacts, phase: str) -> bytes:
     """The answer to the request ``phase`` ("headers" or "body") that carried the decision."""
     if not decision.allowed:
         return immediate(decision)
-    common = _allow_common(decision, facts)
+    upstream = decision.upstream_headers()
+    removes = removals(facts, upstream)
+    body = b""
     if decision.body_rewrite is not None and phase == "body":
         # The original content-length no longer holds. Envoy 1.40 rejects a mutated
         # body that disagrees with it and ignores a new value set here, so drop it:
         # the upstream request goes out chunked (HTTP/1.1) or framed (HTTP/2).
-        common.body_mutation.body = decision.body_rewrite
-        common.header_mutation.remove_headers.append("content-length")
+        body = wire.field(_BODY_MUTATION, wire.field(_BODY, decision.body_rewrite))
+        removes.append("content-length")
+    # The router picked its route before we set x-extproc-upstream: clear the
+    # route cache so the route (cluster_header) is chosen again with our header.
+    common = wire.field(_HEADER_MUTATION, _mutation(upstream, removes)) + body + _CLEAR_ROUTE_CACHE
     if phase == "headers":
-        return pb.ProcessingResponse(
-            request_headers=pb.HeadersResponse(response=common),
-            dynamic_metadata=_metadata(decision),
-        )
-    return pb.ProcessingResponse(
-        request_body=pb.BodyResponse(response=common), dynamic_metadata=_metadata(decision)
-    )
+        return wire.field(_REQUEST_HEADERS, wire.field(_HEADERS_RESPONSE, common)) + _metadata(decision)
+    return wire.field(_REQUEST_BODY, wire.field(_BODY_RESPONSE, common)) + _metadata(decision)
 
 
-def immediate(decision: Decision) -> pb.ProcessingResponse:
+def immediate(decision: Decision) -> bytes:
     """A denial Envoy sends to the client directly, with the OpenAI-shaped JSON error."""
     headers = pb.HeaderMutation(set_headers=[header_option(k, v) for k, v in decision.denial_headers()])
-    return pb.ProcessingResponse(
+    response = pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=decision.status),
             headers=headers,
             body=decision.error_body(),
             details=f"extproc_{decision.reason.value}",
         ),
-        dynamic_metadata=_metadata(decision),
     )
+    encoded: bytes = response.SerializeToString()
+    return encoded + _metadata(decision)
 
 
-def response_headers(headers: list[tuple[str, str]], read_body: bool = False) -> pb.ProcessingResponse:
+def response_headers(headers: list[tuple[str, str]], read_body: bool = False) -> bytes:
     """Tag the upstream's response: decision id, remaining quota, degraded mode; with
     ``read_body``, also ask for the (JSON) response body to read its usage."""
-    common = pb.CommonResponse()
-    if headers:
-        common.header_mutation.set_headers.extend(header_option(k, v) for k, v in headers)
-    response = pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
-    if read_body:
-        response.mode_override.CopyFrom(_READ_RESPONSE_MODE)
-    return response
+    common = wire.field(_HEADER_MUTATION, _mutation(headers)) if headers else b""
+    answer = wire.field(_RESPONSE_HEADERS, wire.field(_HEADERS_RESPONSE, common))
+    return answer + _READ_RESPONSE_OVERRIDE if read_body else answer
 
 
 def _continue(kind: str) -> pb.ProcessingResponse:
@@ -182,13 +189,28 @@ def _continue(kind: str) -> pb.ProcessingResponse:
     return pb.ProcessingResponse(**{kind: pb.HeadersResponse()})
 
 
-# Built once and never mutated: the same message can be written to every stream.
-_CONTINUE = {kind: _continue(kind) for kind in (
+# Serialized once: the same bytes are written to every stream.
+_CONTINUE: dict[str, bytes] = {kind: _continue(kind).SerializeToString() for kind in (
     "request_headers", "request_body", "request_trailers",
     "response_headers", "response_body", "response_trailers")}
 
 
-def passthrough(kind: str) -> pb.ProcessingResponse:
+def passthrough(kind: str) -> bytes:
     """Continue unchanged for a phase we do not act on (e.g. trailers, response body)."""
     return _CONTINUE[kind]
 
+
+def _send_as_is(answer: bytes | pb.ProcessingResponse) -> bytes:
+    if isinstance(answer, bytes):
+        return answer
+    encoded: bytes = answer.SerializeToString()
+    return encoded
+
+
+def add_to_server(servicer: Any, server: grpc.aio.Server) -> None:
+    """The generated registration, except that answers are sent as the bytes we wrote."""
+    handlers = {"Process": grpc.stream_stream_rpc_method_handler(
+        servicer.Process, request_deserializer=pb.ProcessingRequest.FromString,
+        response_serializer=_send_as_is)}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

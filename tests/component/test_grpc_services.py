@@ -16,6 +16,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from extproc.envoy_api import ext_proc as ext_proc_codec
 from extproc.identity.authenticator import JwtAuthenticator
 from extproc.pipeline import Pipeline
 from extproc.services.ext_authz import AuthorizationService
@@ -119,7 +120,7 @@ async def test_pipeline_failure_answers_503_fail_closed(caplog: pytest.LogCaptur
     from extproc.config.model import Snapshot
 
     server = grpc.aio.server()
-    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
+    ext_proc_codec.add_to_server(
         ExternalProcessorService(Pipeline(BrokenRouting(), JwtAuthenticator())), server)
     port = free_port()
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -215,7 +216,7 @@ routing: {pools: [p], routes: [{id: all, pool: p}]}
 
     server = grpc.aio.server()
     pipeline = Pipeline(Holder(), JwtAuthenticator())
-    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessorService(pipeline), server)
+    ext_proc_codec.add_to_server(ExternalProcessorService(pipeline), server)
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationService(pipeline), server)
     port = free_port()
     server.add_insecure_port(f"127.0.0.1:{port}")

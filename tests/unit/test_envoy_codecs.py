@@ -7,6 +7,7 @@ import json
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2 as authz_pb
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from google.protobuf import struct_pb2
 
 from extproc.domain.classify import Classification, WorkloadClass
 from extproc.domain.decision import allow, deny
@@ -45,6 +46,10 @@ def test_reads_raw_value_and_value_alike() -> None:
     assert underscored.stripped == ("x-extproc_tenant",)
 
 
+def _parsed(answer: bytes) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse.FromString(answer)
+
+
 def _allowed():
     cls = Classification(WorkloadClass.INFERENCE, "gpt-4o", "openai-chat")
     entry = RouteEntry("r1", (WeightedPool("pool-a"),), fallbacks=("pool-b",))
@@ -54,7 +59,7 @@ def _allowed():
 
 def test_allow_sets_routing_headers_strips_the_rest_and_clears_route_cache() -> None:
     facts = ext_proc.request_facts(headers_msg([*PAIRS, ("x-extproc-debug", "1")], True), "default")
-    resp = ext_proc.decided(_allowed(), facts, "headers")
+    resp = _parsed(ext_proc.decided(_allowed(), facts, "headers"))
     common = resp.request_headers.response
     assert common.clear_route_cache
     sets = {h.header.key: h.header.raw_value.decode() for h in common.header_mutation.set_headers}
@@ -69,13 +74,13 @@ def test_allow_sets_routing_headers_strips_the_rest_and_clears_route_cache() -> 
     meta = resp.dynamic_metadata.fields["extproc"].struct_value.fields
     assert meta["tenant"].string_value == "anonymous" and meta["route"].string_value == "r1"
     assert meta["route_version"].string_value == "7" and meta["upstream"].string_value == "pool-a~pool-b"
-    body_resp = ext_proc.decided(_allowed(), facts, "body")
+    body_resp = _parsed(ext_proc.decided(_allowed(), facts, "body"))
     assert body_resp.request_body.response.clear_route_cache
 
 
 def test_read_body_asks_for_buffered_partial() -> None:
     facts = ext_proc.request_facts(headers_msg(PAIRS, True), "default")
-    resp = ext_proc.read_body(facts)
+    resp = _parsed(ext_proc.read_body(facts))
     assert resp.HasField("mode_override")
     assert resp.mode_override.request_body_mode == resp.mode_override.BUFFERED_PARTIAL
     assert resp.mode_override.response_header_mode == resp.mode_override.SEND
@@ -87,7 +92,7 @@ def test_read_body_asks_for_buffered_partial() -> None:
 
 def test_denial_is_an_immediate_response_with_json() -> None:
     decision = deny("d2", Reason.UNKNOWN_WORKLOAD, "nothing matches")
-    resp = ext_proc.decided(decision, ext_proc.request_facts(headers_msg(PAIRS, True), "x"), "headers")
+    resp = _parsed(ext_proc.decided(decision, ext_proc.request_facts(headers_msg(PAIRS, True), "x"), "headers"))
     imm = resp.immediate_response
     assert imm.status.code == 404
     headers = {h.header.key: h.header.raw_value.decode() for h in imm.headers.set_headers}
@@ -117,3 +122,63 @@ def test_ext_authz_request_and_responses() -> None:
     denied = ext_authz.response(deny("d3", Reason.INVALID_JSON, "bad"), facts)
     assert denied.status.code == 7 and denied.denied_response.status.code == 400
     assert json.loads(denied.denied_response.body)["error"]["code"] == "invalid_json"
+
+
+# The answers are written as wire bytes (envoy_api/wire.py). The reference: the same answers
+# built field by field with the generated classes, as the codec did before.
+def _option(k: str, v: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, raw_value=v.encode()),
+                                      append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
+
+
+def _reference_metadata(decision) -> struct_pb2.Struct:
+    inner = struct_pb2.Struct(fields={k: struct_pb2.Value(string_value=v) for k, v in decision.metadata().items()})
+    return struct_pb2.Struct(fields={"extproc": struct_pb2.Value(struct_value=inner)})
+
+
+def _reference_decided(decision, facts, phase: str) -> pb.ProcessingResponse:
+    upstream = decision.upstream_headers()
+    mutation = pb.HeaderMutation(set_headers=[_option(k, v) for k, v in upstream],
+                                 remove_headers=[h for h in facts.stripped if h not in dict(upstream)])
+    common = pb.CommonResponse(header_mutation=mutation, clear_route_cache=True)
+    if decision.body_rewrite is not None and phase == "body":
+        common.body_mutation.body = decision.body_rewrite
+        common.header_mutation.remove_headers.append("content-length")
+    if phase == "headers":
+        return pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common),
+                                     dynamic_metadata=_reference_metadata(decision))
+    return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common),
+                                 dynamic_metadata=_reference_metadata(decision))
+
+
+def test_wire_answers_equal_the_messages_built_field_by_field() -> None:
+    cls = Classification(WorkloadClass.INFERENCE, "gpt-4o", "openai-chat")
+    route = Route(RouteEntry("r1", (WeightedPool("pool-a"),)), "pool-a", "pool-a", 0, 3)
+    long_value = "é" * 300  # lengths over 127 take two varint bytes; non-ASCII counts bytes
+    plain = allow("d1", cls, ANONYMOUS, route, "gpt-4o",
+                  response_headers=(("x-ratelimit-remaining-requests", "9"), ("x-long", long_value)))
+    rewritten = allow("d2", cls, ANONYMOUS, route, "gpt-4o-mini", body_rewrite=b'{"model":"gpt-4o-mini"}',
+                      usage_recipe='{"lease":"d2"}' + "x" * 200)
+    facts = ext_proc.request_facts(headers_msg(PAIRS, True), "default")
+    clean = ext_proc.request_facts(headers_msg([(":method", "GET"), (":path", "/v1/models")], True, True), "d")
+    for decision in (plain, rewritten, _allowed()):
+        for f in (facts, clean):
+            for phase in ("headers", "body"):
+                assert _parsed(ext_proc.decided(decision, f, phase)) == _reference_decided(decision, f, phase)
+    # An empty header mutation is still sent: Envoy ignores clear_route_cache without one.
+    read = _parsed(ext_proc.read_body(clean))
+    assert read.request_headers.response.HasField("header_mutation")
+    assert read == pb.ProcessingResponse(
+        request_headers=pb.HeadersResponse(response=pb.CommonResponse(
+            header_mutation=pb.HeaderMutation(), clear_route_cache=True)),
+        mode_override=read.mode_override)
+    tagged = _parsed(ext_proc.response_headers(plain.client_headers(), read_body=True))
+    assert tagged.response_headers.response.header_mutation == pb.HeaderMutation(
+        set_headers=[_option(k, v) for k, v in plain.client_headers()])
+    assert tagged.mode_override.response_body_mode == tagged.mode_override.BUFFERED_PARTIAL
+    assert _parsed(ext_proc.response_headers([])) == pb.ProcessingResponse(
+        response_headers=pb.HeadersResponse(response=pb.CommonResponse()))
+    denied = _parsed(ext_proc.decided(deny("d3", Reason.UNKNOWN_WORKLOAD, "no"), facts, "headers"))
+    assert denied.immediate_response.status.code == 404
+    assert denied.dynamic_metadata == _reference_metadata(deny("d3", Reason.UNKNOWN_WORKLOAD, "no"))
+    assert _parsed(ext_proc.passthrough("response_body")) == pb.ProcessingResponse(response_body=pb.BodyResponse())
