@@ -33,10 +33,15 @@ def supports(url: str) -> bool:
     return urlsplit(url).scheme == "redis"
 
 
-def _pack(args: tuple[bytes | str, ...]) -> bytes:
+def _pack(args: tuple[str, ...]) -> bytes:
+    """A RESP array of bulk strings. Lengths are in bytes: ASCII (the usual case: keys, numbers,
+    ids) is packed as text and encoded once, anything else argument by argument."""
+    text = "".join([f"${len(arg)}\r\n{arg}\r\n" for arg in args])
+    if text.isascii():
+        return f"*{len(args)}\r\n{text}".encode()
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
-        data = arg.encode() if isinstance(arg, str) else arg
+        data = arg.encode()
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
 
@@ -54,6 +59,8 @@ class _Connection(asyncio.Protocol):
         self.reader = hiredis.Reader()
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self.sent_at: deque[float] = deque()
+        #: Commands sent in this turn of the event loop, written together at its end.
+        self.unwritten: list[bytes] = []
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -74,6 +81,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.unwritten.clear()
         error = redis_errors.ConnectionError(f"connection to Redis lost: {exc or 'closed by the server'}")
         self.sent_at.clear()
         while self.waiting:
@@ -91,8 +99,18 @@ class _Connection(asyncio.Protocol):
         future: asyncio.Future[Any] = loop.create_future()
         self.waiting.append(future)
         self.sent_at.append(loop.time())
-        self.transport.write(packed)
+        # One write (one syscall, one read for Redis) for every call made in this turn of the
+        # loop: with many requests in flight, their commands leave together.
+        if not self.unwritten:
+            loop.call_soon(self._write)
+        self.unwritten.append(packed)
         return future
+
+    def _write(self) -> None:
+        data = b"".join(self.unwritten)
+        self.unwritten.clear()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
 
 
 class LeanRedis:
@@ -114,7 +132,7 @@ class LeanRedis:
     def register_script(self, source: str) -> LeanScript:
         return LeanScript(self, source)
 
-    async def execute(self, *args: bytes | str) -> Any:
+    async def execute(self, *args: str) -> Any:
         i = self._next
         self._next = (i + 1) % len(self._slots)
         conn = self._slots[i]
