@@ -43,10 +43,12 @@ test: setup lint typecheck
 bench: setup $(PERF_STAMP)
 	@scripts/ensure-system-deps.sh perf
 	$(BIN)/python perf/bench_gateway.py
+	$(BIN)/python perf/bench_workers.py
 
 bench-quick: setup $(PERF_STAMP)
 	@scripts/ensure-system-deps.sh perf
 	$(BIN)/python perf/bench_gateway.py --quick
+	$(BIN)/python perf/bench_workers.py --seconds 3 --rounds 1
 
 bench-workers: setup $(PERF_STAMP)
 	@scripts/ensure-system-deps.sh perf

@@ -277,12 +277,18 @@ def open_loop(bench: Bench, workloads: dict[str, tuple[str, str | None]],
                 for cfg in configs:
                     if cfg == "A" and floor == "B-authz":
                         continue  # A was measured at the ext_proc rates; the same rates here
+                    pid = bench.sidecar_pid.get(cfg.removesuffix("-authz"))
+                    cpu0 = _cpu_seconds(pid) if pid else 0.0
                     r = asyncio.run(openloop.run(bench.urls[cfg] + path, rate, args.latency_seconds, headers,
                                                  body.encode() if body else None)).summary()
+                    if pid:  # at the same offered load, so B and C batch alike
+                        r["sidecar_cpu_us_per_request"] = round(
+                            (_cpu_seconds(pid) - cpu0) / max(r["completed"], 1) * 1e6, 1)
                     r["fraction_of_b_max"] = fraction
                     out.setdefault(name, {}).setdefault(cfg, {})[f"{fraction:g}"] = r
                     print(f"open loop {name:<28} {cfg:<8} {rate:>6} req/s ({fraction:.0%} of {floor}): "
                           f"p50 {r['p50_ms']} p99 {r['p99_ms']} p99.9 {r['p99.9_ms']} ms, "
+                          f"CPU {r.get('sidecar_cpu_us_per_request', '-')} µs/req, "
                           f"unfinished {r['unfinished']}, errors {r['errors']}, lag p99 {r['lag_ms_p99']} ms",
                           flush=True)
     return out
@@ -363,17 +369,24 @@ def markdown(report: dict) -> str:
         if latency:
             lines += ["", "Open loop (fixed rate, latency from when each request was due; fractions of B's "
                       "maximum, B-authz's for ext_authz):", "",
-                      "| config | rate | req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | unfinished |",
-                      "|---|---|---|---|---|---|---|---|"]
+                      "| config | rate | req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | unfinished | sidecar CPU µs/req |",
+                      "|---|---|---|---|---|---|---|---|---|"]
             for cfg, by_rate in latency.items():
                 for fraction, r in by_rate.items():
                     non2xx = sum(n for code, n in r["statuses"].items() if not code.startswith("2")) + r["errors"]
                     lines.append(f"| {cfg} | {float(fraction):.0%} | {r['rate']:.0f} | {r['p50_ms']} | "
-                                 f"{r['p99_ms']} | {r['p99.9_ms']} | {non2xx} | {r['unfinished']} |")
+                                 f"{r['p99_ms']} | {r['p99.9_ms']} | {non2xx} | {r['unfinished']} | "
+                                 f"{r.get('sidecar_cpu_us_per_request', '-')} |")
             for b, c in (("B", "C"), ("B-authz", "C-authz")):
-                if "0.5" in latency.get(b, {}) and "0.5" in latency.get(c, {}):
-                    ratio = latency[c]["0.5"]["p99_ms"] / latency[b]["0.5"]["p99_ms"]
-                    lines.append(f"\np99 at 50% load, {c}/{b}: {ratio:.2f} (target ≤ 1.3)")
+                for fraction in latency.get(b, {}):
+                    if fraction not in latency.get(c, {}):
+                        continue
+                    rb, rc = latency[b][fraction], latency[c][fraction]
+                    cpu = rc.get("sidecar_cpu_us_per_request", 0) / max(rb.get("sidecar_cpu_us_per_request", 0), 1e-9)
+                    line = f"\n{c}/{b} at {float(fraction):.0%} load: CPU per request {cpu:.2f} (target ≤ 1.3)"
+                    if fraction == "0.5":
+                        line += f", p99 {rc['p99_ms'] / rb['p99_ms']:.2f} (target ≤ 1.3)"
+                    lines.append(line)
         if "quota_client" in data["ratios"]:
             ra = data["ratios"]["quota_client"]
             lines += ["", f"Lean quota client (C vs C-redispy, ext_proc): throughput "
