@@ -38,6 +38,7 @@ from extproc.quota.redis_store import RedisQuotaStore
 from extproc.quota.service import QuotaService
 from extproc.routing.store import RouteStore
 from extproc.routing.sync import RouteSync
+from extproc.runtime import settle_heap
 from extproc.services.admin_http import RecordsApi, build_admin_app
 from extproc.services.ext_authz import AuthorizationService
 from extproc.services.ext_proc import ExternalProcessorService
@@ -136,6 +137,7 @@ class Worker:
         if isinstance(self.quota.store, RedisQuotaStore):
             await self.quota.store.start()
         admin = await self._start_admin()
+        settle_heap()  # startup is done: keep full collections short (runtime.py)
         await server.start()
         for name in SERVICE_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

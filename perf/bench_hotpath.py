@@ -34,6 +34,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb  # noqa: E402
 
 from extproc.app import Worker  # noqa: E402
 from extproc.devstack.noop_sidecar import NoopProcessor  # noqa: E402
+from extproc.runtime import settle_heap  # noqa: E402
 from extproc.services.ext_proc import ExternalProcessorService  # noqa: E402
 from extproc.settings import Settings  # noqa: E402
 from extproc.telemetry.decisions import DecisionObserver  # noqa: E402
@@ -112,6 +113,7 @@ async def run(args: argparse.Namespace, bench: Bench) -> dict[str, list[float]]:
     messages = chat_messages(bench.token)
     await drive(full, messages, 200, 4)  # warm-up: JWKS fetch, token cache, connections
     await full.drain()
+    settle_heap()  # as the worker does before serving
     out: dict[str, list[float]] = {"full": [], "noop": []}
     for _ in range(args.rounds):
         for name, servicer in (("full", full), ("noop", NoopProcessor())):

@@ -18,6 +18,7 @@ from extproc.domain.facts import RequestFacts
 from extproc.domain.reasons import Reason
 from extproc.envoy_api import ext_authz, ext_proc
 from extproc.envoy_api.headers import header_value
+from extproc.runtime import settle_heap
 
 # The one thing it must do for Envoy's route to work at all: name a pool, always the same.
 _FIXED = Decision("noop", Reason.ALLOWED, workload=WorkloadClass.UNKNOWN, upstream="pool-a")
@@ -72,6 +73,7 @@ async def serve(listen: list[str]) -> None:
     ext_authz.add_to_server(NoopAuthorization(), server)
     for address in listen:
         server.add_insecure_port(address)
+    settle_heap()  # as the real sidecar does (runtime.py)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
