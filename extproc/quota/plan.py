@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -132,9 +133,26 @@ def _zone(name: str) -> zoneinfo.ZoneInfo:
     return zoneinfo.ZoneInfo(name)
 
 
+#: Zone → (the minute it was computed for, its offset then). Offsets change only on whole
+#: minutes (DST and zone rules), so one computation serves every request of that minute.
+_offsets: dict[str, tuple[int, int]] = {}
+
+
 def utc_offset_seconds(timezone: str, now: datetime | None = None) -> int:
     """The zone's current UTC offset (DST-aware at the moment of the request)."""
-    offset = (now or datetime.now(_zone(timezone))).astimezone(_zone(timezone)).utcoffset()
+    if now is None:
+        minute = int(time.time()) // 60
+        known = _offsets.get(timezone)
+        if known is not None and known[0] == minute:
+            return known[1]
+        offset = _offset(timezone, datetime.fromtimestamp(minute * 60, _zone(timezone)))
+        _offsets[timezone] = (minute, offset)
+        return offset
+    return _offset(timezone, now)
+
+
+def _offset(timezone: str, now: datetime) -> int:
+    offset = now.astimezone(_zone(timezone)).utcoffset()
     return int(offset.total_seconds()) if offset else 0
 
 

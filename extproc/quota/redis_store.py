@@ -44,6 +44,7 @@ class RedisQuotaStore:
         self._settle = client.register_script(SETTLE_LUA)
         self._now = "" if now_ms is None else str(now_ms)  # tests pin the clock; else Redis TIME
         self._skew_ms: float | None = None
+        self._seconds = {op: REDIS_SECONDS.labels(op) for op in ("admit", "settle")}
 
     async def start(self) -> None:
         """Connect ahead of traffic. A Redis Cluster client must learn its slots before
@@ -76,7 +77,7 @@ class RedisQuotaStore:
                 raise
         self.breaker.success()
         BREAKER_OPEN.set(0)
-        REDIS_SECONDS.labels(op).observe(time.perf_counter() - started)
+        self._seconds[op].observe(time.perf_counter() - started)
         return result
 
     async def admit(self, plan: QuotaPlan, lease_id: str) -> Admission:

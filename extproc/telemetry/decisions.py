@@ -79,6 +79,10 @@ class DecisionObserver:
         self._errors = ERRORS.labels(adapter)
         self._phases: dict[str, Histogram] = {}
         self._counters: dict[tuple[Reason, WorkloadClass, str | None], Counter] = {}
+        # Children by label values, looked up once (``labels()`` costs more than ``inc()``);
+        # bounded like the label sets: capped tenants x outcomes, classes x route ids.
+        self._tenant_counters: dict[tuple[str, str], Counter] = {}
+        self._reserved: dict[tuple[str, str], Counter] = {}
         self._tenant = TenantLabels(tenant_cap)
         self._allow_log_sample = allow_log_sample
 
@@ -99,10 +103,17 @@ class DecisionObserver:
         for phase, seconds in timer.laps:
             self._phase(phase).observe(seconds)
         self._phase("total").observe(timer.total)
-        TENANT_DECISIONS.labels(self._tenant(decision.tenant), outcome).inc()
+        tenant_key = (self._tenant(decision.tenant), outcome)
+        tenant_counter = self._tenant_counters.get(tenant_key)
+        if tenant_counter is None:
+            tenant_counter = self._tenant_counters[tenant_key] = TENANT_DECISIONS.labels(*tenant_key)
+        tenant_counter.inc()
         if decision.quota is not None and decision.allowed:
-            TOKENS_RESERVED.labels(decision.workload.value, decision.route or "-").inc(
-                decision.quota.plan.estimate_tokens)
+            reserved_key = (decision.workload.value, decision.route or "-")
+            reserved = self._reserved.get(reserved_key)
+            if reserved is None:
+                reserved = self._reserved[reserved_key] = TOKENS_RESERVED.labels(*reserved_key)
+            reserved.inc(decision.quota.plan.estimate_tokens)
         if self._recorder is not None:
             self._recorder.decision(decision, facts, self._adapter)
         if not decision.allowed or decision.degraded or (

@@ -54,6 +54,9 @@ def test_utc_offsets_follow_dst() -> None:
     assert utc_offset_seconds("UTC") == 0
     assert utc_offset_seconds("Europe/Paris", datetime(2026, 1, 15, tzinfo=UTC)) == 3600
     assert utc_offset_seconds("Europe/Paris", datetime(2026, 7, 15, tzinfo=UTC)) == 7200
+    # The present's offset is computed once a minute: the same as computed for this instant.
+    for zone in ("Europe/Paris", "Asia/Kolkata", "America/St_Johns"):
+        assert utc_offset_seconds(zone) == utc_offset_seconds(zone) == utc_offset_seconds(zone, datetime.now(UTC))
 
 
 def _state(policy: QuotaPolicy, dim: str, allowed: bool, remaining: int, retry: int, reset: int, used: int):
