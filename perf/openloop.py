@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import time
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 
@@ -152,23 +155,23 @@ async def run(url: str, rate: float, seconds: float, headers: dict[str, str] | N
             conn = await acquire()
         except OSError:
             result.errors += 1
-            result.samples.append((due - start, (time.monotonic() - due) * 1000, -1))
+            result.samples.append((due - result.started_at, (time.monotonic() - due) * 1000, -1))
             return
         try:
             conn.writer.write(raw)
             status, keep, flagged = await _read_response(conn.reader, flag)
         except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
             result.errors += 1
-            result.samples.append((due - start, (time.monotonic() - due) * 1000, -1))
+            result.samples.append((due - result.started_at, (time.monotonic() - due) * 1000, -1))
             conn.writer.close()
             await release(None)
             return
         latency = (time.monotonic() - due) * 1000
         result.latencies_ms.append(latency)
         result.statuses[status] += 1
-        result.samples.append((due - start, latency, status))
+        result.samples.append((due - result.started_at, latency, status))
         if flagged:
-            result.flagged.append(due - start)
+            result.flagged.append(due - result.started_at)
         if keep:
             await release(conn)
         else:
@@ -176,6 +179,20 @@ async def run(url: str, rate: float, seconds: float, headers: dict[str, str] | N
             await release(None)
 
     total = int(rate * seconds)
+    # The generator's own garbage collector must not pause it mid-run: a full collection of a
+    # benchmark process (matplotlib and all loaded) stopped it for ~100 ms, which showed as
+    # latency of whichever gateway was under test. A run is bounded, so collect after it.
+    gc.collect()
+    gc.disable()
+    try:
+        return await _drive(one, result, rate, total, drain, idle)
+    finally:
+        gc.enable()
+        gc.collect()
+
+
+async def _drive(one: Callable[[float], Coroutine[Any, Any, None]], result: Result, rate: float, total: int,
+                 drain: float, idle: list[_Conn]) -> Result:
     tasks = []
     start = result.started_at = time.monotonic() + 0.05
     for i in range(total):
