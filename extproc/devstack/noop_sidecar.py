@@ -58,7 +58,7 @@ class NoopProcessor(ext_proc.Servicer):  # type: ignore[misc]
 
 
 class NoopAuthorization(ext_authz.Servicer):  # type: ignore[misc]
-    async def Check(self, request: ext_authz.CheckRequest, context: grpc.aio.ServicerContext) -> object:
+    async def Check(self, request: ext_authz.CheckRequest, context: grpc.aio.ServicerContext) -> bytes:
         return _AUTHZ_OK
 
 

@@ -200,17 +200,10 @@ def passthrough(kind: str) -> bytes:
     return _CONTINUE[kind]
 
 
-def _send_as_is(answer: bytes | pb.ProcessingResponse) -> bytes:
-    if isinstance(answer, bytes):
-        return answer
-    encoded: bytes = answer.SerializeToString()
-    return encoded
-
-
 def add_to_server(servicer: Any, server: grpc.aio.Server) -> None:
     """The generated registration, except that answers are sent as the bytes we wrote."""
     handlers = {"Process": grpc.stream_stream_rpc_method_handler(
         servicer.Process, request_deserializer=pb.ProcessingRequest.FromString,
-        response_serializer=_send_as_is)}
+        response_serializer=wire.send_as_is)}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)

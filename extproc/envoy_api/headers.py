@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from envoy.config.core.v3 import base_pb2
-from google.protobuf import struct_pb2
 
 from extproc.domain.facts import INTERNAL_HEADER_PREFIX, RequestFacts, host_without_port, split_path
 
@@ -63,11 +62,6 @@ def facts_from_pairs(
         can_rewrite_body=full_duplex,
         sees_request_end=full_duplex,
     )
-
-
-def string_struct(values: dict[str, str]) -> struct_pb2.Struct:
-    """A Struct of strings, built by constructors (``Struct.update`` is pure Python and slow)."""
-    return struct_pb2.Struct(fields={k: struct_pb2.Value(string_value=v) for k, v in values.items()})
 
 
 def header_option(key: str, value: str, raw: bool = True) -> base_pb2.HeaderValueOption:

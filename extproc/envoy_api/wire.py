@@ -46,6 +46,7 @@ def field(field_tag: bytes, payload: bytes) -> bytes:
 
 
 _KEY, _RAW_VALUE = tag(base_pb2.HeaderValue, "key"), tag(base_pb2.HeaderValue, "raw_value")
+_VALUE = tag(base_pb2.HeaderValue, "value")
 _HEADER = tag(base_pb2.HeaderValueOption, "header")
 _OVERWRITE = varint_field(base_pb2.HeaderValueOption, "append_action",
                           base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
@@ -54,18 +55,20 @@ _OVERWRITE = varint_field(base_pb2.HeaderValueOption, "append_action",
 #: Encoded pairs: most headers and metadata entries repeat from request to request (class,
 #: tenant, route, model…); ids and counters do not, so the memo is emptied when it fills.
 _MEMO_SIZE = 4096
-_options: dict[tuple[str, str], bytes] = {}
+_options: dict[tuple[str, str, bool], bytes] = {}
 _entries: dict[tuple[str, str], bytes] = {}
 
 
-def header_option(key: str, value: str) -> bytes:
-    """A ``HeaderValueOption`` that sets ``key`` to ``value`` (``raw_value``, overwrite or add)."""
-    encoded = _options.get((key, value))
+def header_option(key: str, value: str, raw: bool = True) -> bytes:
+    """A ``HeaderValueOption`` that sets ``key`` to ``value`` (overwrite or add). ext_proc reads
+    ``raw_value``; ext_authz reads only ``value`` (``raw=False``)."""
+    encoded = _options.get((key, value, raw))
     if encoded is None:
         if len(_options) >= _MEMO_SIZE:
             _options.clear()
-        encoded = _options[key, value] = field(
-            _HEADER, field(_KEY, key.encode()) + field(_RAW_VALUE, value.encode())) + _OVERWRITE
+        value_tag = _RAW_VALUE if raw else _VALUE
+        encoded = _options[key, value, raw] = field(
+            _HEADER, field(_KEY, key.encode()) + field(value_tag, value.encode())) + _OVERWRITE
     return encoded
 
 
@@ -96,3 +99,12 @@ def namespaced_struct(namespace: str, inner: bytes) -> bytes:
     Envoy's dynamic metadata (``{namespace: {key: value, ...}}``)."""
     return field(_STRUCT_FIELDS, field(_ENTRY_KEY, namespace.encode())
                  + field(_ENTRY_VALUE, field(_STRUCT_VALUE, inner)))
+
+
+def send_as_is(answer: bytes | Message) -> bytes:
+    """The ``response_serializer`` of a method whose answers we wrote as bytes (a message
+    still works: it is serialized)."""
+    if isinstance(answer, bytes):
+        return answer
+    encoded: bytes = answer.SerializeToString()
+    return encoded

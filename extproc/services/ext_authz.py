@@ -32,7 +32,7 @@ class AuthorizationService(codec.Servicer):  # type: ignore[misc]
 
     async def Check(
         self, request: codec.CheckRequest, context: grpc.aio.ServicerContext
-    ) -> codec.CheckResponse:
+    ) -> bytes:
         timer = PhaseTimer()
         span = DecisionSpan(context.invocation_metadata(), _ADAPTER)
         facts = _UNREADABLE

@@ -16,6 +16,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from extproc.envoy_api import ext_authz as ext_authz_codec
 from extproc.envoy_api import ext_proc as ext_proc_codec
 from extproc.identity.authenticator import JwtAuthenticator
 from extproc.pipeline import Pipeline
@@ -217,7 +218,7 @@ routing: {pools: [p], routes: [{id: all, pool: p}]}
     server = grpc.aio.server()
     pipeline = Pipeline(Holder(), JwtAuthenticator())
     ext_proc_codec.add_to_server(ExternalProcessorService(pipeline), server)
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationService(pipeline), server)
+    ext_authz_codec.add_to_server(AuthorizationService(pipeline), server)
     port = free_port()
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()

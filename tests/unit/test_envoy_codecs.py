@@ -8,6 +8,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2 as authz_pb
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
+from google.rpc import status_pb2
 
 from extproc.domain.classify import Classification, WorkloadClass
 from extproc.domain.decision import allow, deny
@@ -113,13 +114,13 @@ def test_ext_authz_request_and_responses() -> None:
     facts, body, complete = ext_authz.request_facts(req, "authz")
     assert (facts.method, facts.path, facts.host, body, complete) == ("POST", "/v1/embeddings", "gw", http.raw_body, True)
     assert set(facts.stripped) == {"x-extproc-class", "x-extproc-other"}
-    ok = ext_authz.response(_allowed(), facts)
+    ok = authz_pb.CheckResponse.FromString(ext_authz.response(_allowed(), facts))
     assert ok.status.code == 0
     assert {h.header.key: h.header.value for h in ok.ok_response.headers}["x-extproc-upstream"] == "pool-a~pool-b"
     # A header we set is overwritten, never also removed (Envoy removes after setting).
     assert list(ok.ok_response.headers_to_remove) == ["x-extproc-other"]
     assert ok.ok_response.response_headers_to_add[0].header.value == "d1"
-    denied = ext_authz.response(deny("d3", Reason.INVALID_JSON, "bad"), facts)
+    denied = authz_pb.CheckResponse.FromString(ext_authz.response(deny("d3", Reason.INVALID_JSON, "bad"), facts))
     assert denied.status.code == 7 and denied.denied_response.status.code == 400
     assert json.loads(denied.denied_response.body)["error"]["code"] == "invalid_json"
 
@@ -182,3 +183,23 @@ def test_wire_answers_equal_the_messages_built_field_by_field() -> None:
     assert denied.immediate_response.status.code == 404
     assert denied.dynamic_metadata == _reference_metadata(deny("d3", Reason.UNKNOWN_WORKLOAD, "no"))
     assert _parsed(ext_proc.passthrough("response_body")) == pb.ProcessingResponse(response_body=pb.BodyResponse())
+
+
+def test_ext_authz_wire_answer_equals_the_message_built_field_by_field() -> None:
+    http_facts = ext_proc.request_facts(headers_msg(PAIRS, True), "authz")
+    for decision in (_allowed(), allow("d4", Classification(WorkloadClass.INFERENCE, "m", "r"), ANONYMOUS,
+                                       Route(RouteEntry("r2", (WeightedPool("p"),)), "p", "p", 0, 1), "m",
+                                       response_headers=(("x-ratelimit-remaining-requests", "7"),))):
+        def option(k: str, v: str) -> base_pb2.HeaderValueOption:
+            return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, value=v),
+                                              append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
+        upstream = decision.upstream_headers()
+        expected = authz_pb.CheckResponse(
+            status=status_pb2.Status(code=0),
+            ok_response=authz_pb.OkHttpResponse(
+                headers=[option(k, v) for k, v in upstream],
+                headers_to_remove=[h for h in http_facts.stripped if h not in dict(upstream)],
+                response_headers_to_add=[option(k, v) for k, v in decision.client_headers()]),
+            dynamic_metadata=struct_pb2.Struct(
+                fields={k: struct_pb2.Value(string_value=v) for k, v in decision.metadata().items()}))
+        assert authz_pb.CheckResponse.FromString(ext_authz.response(decision, http_facts)) == expected
