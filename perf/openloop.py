@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -179,16 +180,31 @@ async def run(url: str, rate: float, seconds: float, headers: dict[str, str] | N
             await release(None)
 
     total = int(rate * seconds)
-    # The generator's own garbage collector must not pause it mid-run: a full collection of a
-    # benchmark process (matplotlib and all loaded) stopped it for ~100 ms, which showed as
-    # latency of whichever gateway was under test. A run is bounded, so collect after it.
-    gc.collect()
-    gc.disable()
-    try:
+    with _no_garbage_collection():
         return await _drive(one, result, rate, total, drain, idle)
-    finally:
-        gc.enable()
+
+
+_runs_in_progress = 0
+
+
+@contextlib.contextmanager
+def _no_garbage_collection() -> Iterator[None]:
+    """The generator's own garbage collector must not pause it mid-run: a full collection of a
+    benchmark process (matplotlib and all loaded) stopped it for ~100 ms, which showed as
+    latency of whichever gateway was under test. Runs are bounded, so collect after them; when
+    runs overlap (a flood beside steady traffic), only after the last one ends."""
+    global _runs_in_progress
+    if _runs_in_progress == 0:
         gc.collect()
+        gc.disable()
+    _runs_in_progress += 1
+    try:
+        yield
+    finally:
+        _runs_in_progress -= 1
+        if _runs_in_progress == 0:
+            gc.enable()
+            gc.collect()
 
 
 async def _drive(one: Callable[[float], Coroutine[Any, Any, None]], result: Result, rate: float, total: int,
