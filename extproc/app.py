@@ -137,7 +137,6 @@ class Worker:
         if isinstance(self.quota.store, RedisQuotaStore):
             await self.quota.store.start()
         admin = await self._start_admin()
-        settle_heap()  # startup is done: keep full collections short (runtime.py)
         await server.start()
         for name in SERVICE_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -201,7 +200,9 @@ def run_worker(settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Worker(settings).run(stop)
+        worker = Worker(settings)
+        settle_heap()  # startup is done: keep full collections short (runtime.py)
+        await worker.run(stop)
 
     asyncio.run(main())
     return 0

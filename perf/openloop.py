@@ -185,6 +185,7 @@ async def run(url: str, rate: float, seconds: float, headers: dict[str, str] | N
 
 
 _runs_in_progress = 0
+_gc_was_enabled = True
 
 
 @contextlib.contextmanager
@@ -193,8 +194,9 @@ def _no_garbage_collection() -> Iterator[None]:
     benchmark process (matplotlib and all loaded) stopped it for ~100 ms, which showed as
     latency of whichever gateway was under test. Runs are bounded, so collect after them; when
     runs overlap (a flood beside steady traffic), only after the last one ends."""
-    global _runs_in_progress
+    global _runs_in_progress, _gc_was_enabled
     if _runs_in_progress == 0:
+        _gc_was_enabled = gc.isenabled()
         gc.collect()
         gc.disable()
     _runs_in_progress += 1
@@ -202,7 +204,7 @@ def _no_garbage_collection() -> Iterator[None]:
         yield
     finally:
         _runs_in_progress -= 1
-        if _runs_in_progress == 0:
+        if _runs_in_progress == 0 and _gc_was_enabled:
             gc.enable()
             gc.collect()
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import hiredis
@@ -33,15 +33,16 @@ def supports(url: str) -> bool:
     return urlsplit(url).scheme == "redis"
 
 
-def _pack(args: tuple[str, ...]) -> bytes:
-    """A RESP array of bulk strings. Lengths are in bytes: ASCII (the usual case: keys, numbers,
-    ids) is packed as text and encoded once, anything else argument by argument."""
-    text = "".join([f"${len(arg)}\r\n{arg}\r\n" for arg in args])
-    if text.isascii():
-        return f"*{len(args)}\r\n{text}".encode()
+def _pack(args: tuple[bytes | str, ...]) -> bytes:
+    """A RESP array of bulk strings. Lengths are in bytes: all-ASCII text (the usual case: keys,
+    numbers, ids) is packed as one string and encoded once, anything else argument by argument."""
+    if all(type(arg) is str for arg in args):
+        text = "".join([f"${len(arg)}\r\n{arg}\r\n" for arg in cast(tuple[str, ...], args)])
+        if text.isascii():
+            return f"*{len(args)}\r\n{text}".encode()
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
-        data = arg.encode()
+        data = arg.encode() if isinstance(arg, str) else arg
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
 
@@ -132,7 +133,7 @@ class LeanRedis:
     def register_script(self, source: str) -> LeanScript:
         return LeanScript(self, source)
 
-    async def execute(self, *args: str) -> Any:
+    async def execute(self, *args: bytes | str) -> Any:
         i = self._next
         self._next = (i + 1) % len(self._slots)
         conn = self._slots[i]
