@@ -20,7 +20,7 @@ from extproc.quota.plan import Limit, QuotaPlan
 from extproc.quota.recipe import SettleLimit, SettleRecipe
 from extproc.quota.store import Admission, StoreUnavailable, admits_later, states_from_reply
 from extproc.telemetry import tracing
-from extproc.telemetry.metrics import BREAKER_OPEN, REDIS_ERRORS, REDIS_SECONDS
+from extproc.telemetry.metrics import BREAKER_OPEN, REDIS_ERRORS, REDIS_SECONDS, Children
 
 log = logging.getLogger("extproc.quota")
 
@@ -44,7 +44,7 @@ class RedisQuotaStore:
         self._settle = client.register_script(SETTLE_LUA)
         self._now = "" if now_ms is None else str(now_ms)  # tests pin the clock; else Redis TIME
         self._skew_ms: float | None = None
-        self._seconds = {op: REDIS_SECONDS.labels(op) for op in ("admit", "settle")}
+        self._seconds = Children(REDIS_SECONDS)
 
     async def start(self) -> None:
         """Connect ahead of traffic. A Redis Cluster client must learn its slots before
@@ -77,7 +77,7 @@ class RedisQuotaStore:
                 raise
         self.breaker.success()
         BREAKER_OPEN.set(0)
-        self._seconds[op].observe(time.perf_counter() - started)
+        self._seconds(op).observe(time.perf_counter() - started)
         return result
 
     async def admit(self, plan: QuotaPlan, lease_id: str) -> Admission:

@@ -13,10 +13,9 @@ from typing import Protocol
 
 from prometheus_client import Counter, Histogram
 
-from extproc.domain.classify import WorkloadClass
 from extproc.domain.decision import Decision
 from extproc.domain.facts import RequestFacts
-from extproc.domain.reasons import Reason
+from extproc.telemetry.metrics import Children
 from extproc.telemetry.timing import PhaseTimer
 from extproc.telemetry.tracing import current_trace_id
 
@@ -77,43 +76,24 @@ class DecisionObserver:
         self._adapter = adapter
         self._recorder = recorder
         self._errors = ERRORS.labels(adapter)
-        self._phases: dict[str, Histogram] = {}
-        self._counters: dict[tuple[Reason, WorkloadClass, str | None], Counter] = {}
-        # Children by label values, looked up once (``labels()`` costs more than ``inc()``);
-        # bounded like the label sets: capped tenants x outcomes, classes x route ids.
-        self._tenant_counters: dict[tuple[str, str], Counter] = {}
-        self._reserved: dict[tuple[str, str], Counter] = {}
+        # Label sets are bounded: phases; reasons x classes x route ids; capped tenants.
+        self._phase = Children(DECISION_SECONDS, adapter)
+        self._decisions = Children(DECISIONS, adapter)
+        self._tenant_decisions = Children(TENANT_DECISIONS)
+        self._reserved = Children(TOKENS_RESERVED)
         self._tenant = TenantLabels(tenant_cap)
         self._allow_log_sample = allow_log_sample
 
-    def _phase(self, phase: str) -> Histogram:
-        h = self._phases.get(phase)
-        if h is None:
-            h = self._phases[phase] = DECISION_SECONDS.labels(self._adapter, phase)
-        return h
-
     def observe(self, decision: Decision, facts: RequestFacts, timer: PhaseTimer) -> None:
         outcome = "allow" if decision.allowed else "deny"
-        key = (decision.reason, decision.workload, decision.route)
-        counter = self._counters.get(key)
-        if counter is None:  # bounded: reasons x classes x route ids
-            counter = self._counters[key] = DECISIONS.labels(
-                self._adapter, outcome, decision.reason.value, decision.workload.value, decision.route or "-")
-        counter.inc()
+        self._decisions(outcome, decision.reason.value, decision.workload.value, decision.route or "-").inc()
         for phase, seconds in timer.laps:
             self._phase(phase).observe(seconds)
         self._phase("total").observe(timer.total)
-        tenant_key = (self._tenant(decision.tenant), outcome)
-        tenant_counter = self._tenant_counters.get(tenant_key)
-        if tenant_counter is None:
-            tenant_counter = self._tenant_counters[tenant_key] = TENANT_DECISIONS.labels(*tenant_key)
-        tenant_counter.inc()
+        self._tenant_decisions(self._tenant(decision.tenant), outcome).inc()
         if decision.quota is not None and decision.allowed:
-            reserved_key = (decision.workload.value, decision.route or "-")
-            reserved = self._reserved.get(reserved_key)
-            if reserved is None:
-                reserved = self._reserved[reserved_key] = TOKENS_RESERVED.labels(*reserved_key)
-            reserved.inc(decision.quota.plan.estimate_tokens)
+            self._reserved(decision.workload.value, decision.route or "-").inc(
+                decision.quota.plan.estimate_tokens)
         if self._recorder is not None:
             self._recorder.decision(decision, facts, self._adapter)
         if not decision.allowed or decision.degraded or (

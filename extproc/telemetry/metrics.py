@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any, Generic, TypeVar
+
 from prometheus_client import Counter, Gauge, Histogram
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+class Children(Generic[M]):
+    """A metric's children by label values, each looked up once: ``labels()`` validates its
+    arguments on every call and costs more than the ``inc()`` after it. As bounded as the
+    label values it is given. ``fixed``: leading label values shared by every child."""
+
+    def __init__(self, metric: M, *fixed: str) -> None:
+        self._metric: M = metric
+        self._fixed = fixed
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> M:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*self._fixed, *values)
+        return child
+
 
 JWKS_FETCHES = Counter(
     "extproc_jwks_fetches_total", "JWKS (and discovery) fetches by issuer and result",
