@@ -11,6 +11,8 @@ same answer built field by field.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
@@ -52,24 +54,17 @@ _OVERWRITE = varint_field(base_pb2.HeaderValueOption, "append_action",
                           base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
 
 
-#: Encoded pairs: most headers and metadata entries repeat from request to request (class,
-#: tenant, route, model…); ids and counters do not, so the memo is emptied when it fills.
+# Most headers and metadata entries repeat from request to request (class, tenant, route,
+# model…), so their encodings are memoized; ids and counters do not, so the memo is bounded.
 _MEMO_SIZE = 4096
-_options: dict[tuple[str, str, bool], bytes] = {}
-_entries: dict[tuple[str, str], bytes] = {}
 
 
+@lru_cache(maxsize=_MEMO_SIZE)
 def header_option(key: str, value: str, raw: bool = True) -> bytes:
     """A ``HeaderValueOption`` that sets ``key`` to ``value`` (overwrite or add). ext_proc reads
     ``raw_value``; ext_authz reads only ``value`` (``raw=False``)."""
-    encoded = _options.get((key, value, raw))
-    if encoded is None:
-        if len(_options) >= _MEMO_SIZE:
-            _options.clear()
-        value_tag = _RAW_VALUE if raw else _VALUE
-        encoded = _options[key, value, raw] = field(
-            _HEADER, field(_KEY, key.encode()) + field(value_tag, value.encode())) + _OVERWRITE
-    return encoded
+    value_tag = _RAW_VALUE if raw else _VALUE
+    return field(_HEADER, field(_KEY, key.encode()) + field(value_tag, value.encode())) + _OVERWRITE
 
 
 _STRUCT_FIELDS = tag(struct_pb2.Struct, "fields")
@@ -79,14 +74,10 @@ _STRING_VALUE = tag(struct_pb2.Value, "string_value")
 _STRUCT_VALUE = tag(struct_pb2.Value, "struct_value")
 
 
+@lru_cache(maxsize=_MEMO_SIZE)
 def _entry(key: str, value: str) -> bytes:
-    encoded = _entries.get((key, value))
-    if encoded is None:
-        if len(_entries) >= _MEMO_SIZE:
-            _entries.clear()
-        encoded = _entries[key, value] = field(_STRUCT_FIELDS, field(_ENTRY_KEY, key.encode())
-                                               + field(_ENTRY_VALUE, field(_STRING_VALUE, value.encode())))
-    return encoded
+    return field(_STRUCT_FIELDS, field(_ENTRY_KEY, key.encode())
+                 + field(_ENTRY_VALUE, field(_STRING_VALUE, value.encode())))
 
 
 def string_struct(values: dict[str, str]) -> bytes:
