@@ -17,14 +17,13 @@ from google.rpc import status_pb2
 from extproc.domain.decision import Decision
 from extproc.domain.facts import RequestFacts
 from extproc.envoy_api import wire
-from extproc.envoy_api.headers import facts_from_pairs, header_option, removals
+from extproc.envoy_api.headers import facts_from_pairs, removals
 
 CheckRequest = pb.CheckRequest
 CheckResponse = pb.CheckResponse
 Servicer = pb_grpc.AuthorizationServicer
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 
-_OK = 0
 _PERMISSION_DENIED = 7
 # Envoy sets this header when ``allow_partial_message`` cut the body at ``max_request_bytes``.
 _PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
@@ -42,37 +41,40 @@ def request_facts(req: pb.CheckRequest, listener: str) -> tuple[RequestFacts, by
     return facts, body, complete
 
 
-# An allowed check is answered with wire bytes written directly, as ext_proc answers are
-# (``wire``); a denial, the rarer case, is built as a message.
-_STATUS_OK = wire.field(wire.tag(pb.CheckResponse, "status"), b"")  # google.rpc.Status, code 0
+# Answers are wire bytes written directly, as ext_proc answers are (``wire``).
+_STATUS = wire.tag(pb.CheckResponse, "status")
+_STATUS_OK = wire.field(_STATUS, b"")  # google.rpc.Status, code 0
+_DENIED_RESPONSE = wire.tag(pb.CheckResponse, "denied_response")
 _OK_RESPONSE = wire.tag(pb.CheckResponse, "ok_response")
 _DYNAMIC_METADATA = wire.tag(pb.CheckResponse, "dynamic_metadata")
 _HEADERS = wire.tag(pb.OkHttpResponse, "headers")
 _HEADERS_TO_REMOVE = wire.tag(pb.OkHttpResponse, "headers_to_remove")
 _RESPONSE_HEADERS_TO_ADD = wire.tag(pb.OkHttpResponse, "response_headers_to_add")
+_DENIED_STATUS = wire.tag(pb.DeniedHttpResponse, "status")
+_DENIED_HEADERS = wire.tag(pb.DeniedHttpResponse, "headers")
+_DENIED_BODY = wire.tag(pb.DeniedHttpResponse, "body")
+_STATUS_MESSAGE = wire.tag(status_pb2.Status, "message")
+
+
+def _options(field_tag: bytes, headers: list[tuple[str, str]]) -> bytes:
+    return b"".join([wire.field(field_tag, wire.header_option(k, v, raw=False)) for k, v in headers])
 
 
 def response(decision: Decision, facts: RequestFacts) -> bytes:
     """The ``CheckResponse`` for a decision, as wire bytes."""
     meta = wire.field(_DYNAMIC_METADATA, wire.string_struct(decision.metadata()))
     if not decision.allowed:
-        denied = pb.CheckResponse(
-            status=status_pb2.Status(code=_PERMISSION_DENIED, message=decision.reason.value),
-            denied_response=pb.DeniedHttpResponse(
-                status=http_status_pb2.HttpStatus(code=decision.status),
-                headers=[header_option(k, v, raw=False) for k, v in decision.denial_headers()],
-                body=decision.error_body().decode(),
-            ),
-        )
-        encoded: bytes = denied.SerializeToString()
-        return encoded + meta
+        status = (wire.varint_field(status_pb2.Status, "code", _PERMISSION_DENIED)
+                  + wire.field(_STATUS_MESSAGE, decision.reason.value.encode()))
+        http_status = wire.varint_field(http_status_pb2.HttpStatus, "code", decision.status)
+        denied = (wire.field(_DENIED_STATUS, http_status)
+                  + _options(_DENIED_HEADERS, decision.denial_headers())
+                  + wire.field(_DENIED_BODY, decision.error_body()))
+        return wire.field(_STATUS, status) + wire.field(_DENIED_RESPONSE, denied) + meta
     upstream = decision.upstream_headers()
-    ok = b"".join([
-        *(wire.field(_HEADERS, wire.header_option(k, v, raw=False)) for k, v in upstream),
-        *(wire.field(_HEADERS_TO_REMOVE, h.encode()) for h in removals(facts, upstream)),
-        *(wire.field(_RESPONSE_HEADERS_TO_ADD, wire.header_option(k, v, raw=False))
-          for k, v in decision.client_headers()),
-    ])
+    ok = (_options(_HEADERS, upstream)
+          + b"".join([wire.field(_HEADERS_TO_REMOVE, h.encode()) for h in removals(facts, upstream)])
+          + _options(_RESPONSE_HEADERS_TO_ADD, decision.client_headers()))
     return _STATUS_OK + wire.field(_OK_RESPONSE, ok) + meta
 
 

@@ -16,7 +16,7 @@ from envoy.type.v3 import http_status_pb2
 from extproc.domain.decision import Decision
 from extproc.domain.facts import RequestFacts
 from extproc.envoy_api import wire
-from extproc.envoy_api.headers import facts_from_pairs, header_option, header_value, removals
+from extproc.envoy_api.headers import facts_from_pairs, header_value, removals
 
 ProcessingRequest = pb.ProcessingRequest
 ProcessingResponse = pb.ProcessingResponse
@@ -158,19 +158,18 @@ def decided(decision: Decision, facts: RequestFacts, phase: str) -> bytes:
     return wire.field(_REQUEST_BODY, wire.field(_BODY_RESPONSE, common)) + _metadata(decision)
 
 
+_IMMEDIATE_RESPONSE = wire.tag(_PR, "immediate_response")
+_STATUS, _HEADERS = wire.tag(pb.ImmediateResponse, "status"), wire.tag(pb.ImmediateResponse, "headers")
+_ERROR_BODY, _DETAILS = wire.tag(pb.ImmediateResponse, "body"), wire.tag(pb.ImmediateResponse, "details")
+
+
 def immediate(decision: Decision) -> bytes:
     """A denial Envoy sends to the client directly, with the OpenAI-shaped JSON error."""
-    headers = pb.HeaderMutation(set_headers=[header_option(k, v) for k, v in decision.denial_headers()])
-    response = pb.ProcessingResponse(
-        immediate_response=pb.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=decision.status),
-            headers=headers,
-            body=decision.error_body(),
-            details=f"extproc_{decision.reason.value}",
-        ),
-    )
-    encoded: bytes = response.SerializeToString()
-    return encoded + _metadata(decision)
+    answer = (wire.field(_STATUS, wire.varint_field(http_status_pb2.HttpStatus, "code", decision.status))
+              + wire.field(_HEADERS, _mutation(decision.denial_headers()))
+              + wire.field(_ERROR_BODY, decision.error_body())
+              + wire.field(_DETAILS, f"extproc_{decision.reason.value}".encode()))
+    return wire.field(_IMMEDIATE_RESPONSE, answer) + _metadata(decision)
 
 
 def response_headers(headers: list[tuple[str, str]], read_body: bool = False) -> bytes:

@@ -8,8 +8,6 @@ from envoy.config.core.v3 import base_pb2
 
 from extproc.domain.facts import INTERNAL_HEADER_PREFIX, RequestFacts, host_without_port, split_path
 
-OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-
 
 def header_value(h: base_pb2.HeaderValue) -> str:
     # Envoy fills ``raw_value`` (bytes) and leaves ``value`` empty in recent
@@ -62,16 +60,6 @@ def facts_from_pairs(
         can_rewrite_body=full_duplex,
         sees_request_end=full_duplex,
     )
-
-
-def header_option(key: str, value: str, raw: bool = True) -> base_pb2.HeaderValueOption:
-    """A set-header mutation. ext_proc reads ``raw_value``; ext_authz reads only ``value``."""
-    header = (
-        base_pb2.HeaderValue(key=key, raw_value=value.encode())
-        if raw
-        else base_pb2.HeaderValue(key=key, value=value)
-    )
-    return base_pb2.HeaderValueOption(header=header, append_action=OVERWRITE)
 
 
 def removals(facts: RequestFacts, replaced: list[tuple[str, str]]) -> list[str]:

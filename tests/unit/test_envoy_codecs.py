@@ -7,6 +7,7 @@ import json
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2 as authz_pb
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
@@ -203,3 +204,29 @@ def test_ext_authz_wire_answer_equals_the_message_built_field_by_field() -> None
             dynamic_metadata=struct_pb2.Struct(
                 fields={k: struct_pb2.Value(string_value=v) for k, v in decision.metadata().items()}))
         assert authz_pb.CheckResponse.FromString(ext_authz.response(decision, http_facts)) == expected
+
+
+def test_wire_denials_equal_the_messages_built_field_by_field() -> None:
+    facts = ext_proc.request_facts(headers_msg(PAIRS, True), "default")
+    denial = deny("d5", Reason.RATE_LIMITED, "slow down: é" + "x" * 200, headers=(("retry-after", "3"),),
+                  policy="rpm", details=(("limit", 10),))
+    ext_proc_expected = pb.ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=429),
+            headers=pb.HeaderMutation(set_headers=[_option(k, v) for k, v in denial.denial_headers()]),
+            body=denial.error_body(), details="extproc_rate_limited"),
+        dynamic_metadata=_reference_metadata(denial))
+    assert _parsed(ext_proc.decided(denial, facts, "body")) == ext_proc_expected
+
+    def value_option(k: str, v: str) -> base_pb2.HeaderValueOption:
+        return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, value=v),
+                                          append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
+    ext_authz_expected = authz_pb.CheckResponse(
+        status=status_pb2.Status(code=7, message="rate_limited"),
+        denied_response=authz_pb.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=429),
+            headers=[value_option(k, v) for k, v in denial.denial_headers()],
+            body=denial.error_body().decode()),
+        dynamic_metadata=struct_pb2.Struct(
+            fields={k: struct_pb2.Value(string_value=v) for k, v in denial.metadata().items()}))
+    assert authz_pb.CheckResponse.FromString(ext_authz.response(denial, facts)) == ext_authz_expected
