@@ -80,7 +80,5 @@ def response(decision: Decision, facts: RequestFacts) -> bytes:
 
 def add_to_server(servicer: Any, server: grpc.aio.Server) -> None:
     """The generated registration, except that answers are sent as the bytes we wrote."""
-    handlers = {"Check": grpc.unary_unary_rpc_method_handler(
-        servicer.Check, request_deserializer=pb.CheckRequest.FromString, response_serializer=wire.send_as_is)}
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+    wire.add_method(server, SERVICE_NAME, "Check", grpc.unary_unary_rpc_method_handler, servicer.Check,
+                    pb.CheckRequest)

@@ -201,8 +201,5 @@ def passthrough(kind: str) -> bytes:
 
 def add_to_server(servicer: Any, server: grpc.aio.Server) -> None:
     """The generated registration, except that answers are sent as the bytes we wrote."""
-    handlers = {"Process": grpc.stream_stream_rpc_method_handler(
-        servicer.Process, request_deserializer=pb.ProcessingRequest.FromString,
-        response_serializer=wire.send_as_is)}
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+    wire.add_method(server, SERVICE_NAME, "Process", grpc.stream_stream_rpc_method_handler, servicer.Process,
+                    pb.ProcessingRequest)

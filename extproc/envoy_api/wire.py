@@ -6,13 +6,15 @@ serializes it again. The answers on the hot path are small and regular, so their
 written directly in the proto3 wire format: for each field a tag, a length, the payload.
 Field numbers are read from the generated descriptors, so they cannot drift from the schema;
 the unit tests parse every answer back with the generated classes and compare it with the
-same answer built field by field.
+same answer built field by field. ``add_method`` registers a servicer whose answers are such bytes.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
+import grpc
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
@@ -92,10 +94,19 @@ def namespaced_struct(namespace: str, inner: bytes) -> bytes:
                  + field(_ENTRY_VALUE, field(_STRUCT_VALUE, inner)))
 
 
-def send_as_is(answer: bytes | Message) -> bytes:
-    """The ``response_serializer`` of a method whose answers we wrote as bytes (a message
-    still works: it is serialized)."""
+def _send_as_is(answer: bytes | Message) -> bytes:
     if isinstance(answer, bytes):
         return answer
     encoded: bytes = answer.SerializeToString()
     return encoded
+
+
+def add_method(server: grpc.aio.Server, service: str, method: str, make_handler: Any, behaviour: Any,
+               request: type[Message]) -> None:
+    """Register a servicer method as the generated ``add_*_to_server`` does, except that its
+    answers, the bytes we wrote, are sent as they are (a message is still serialized).
+    ``make_handler``: ``grpc.unary_unary_rpc_method_handler`` or another of its family."""
+    handlers = {method: make_handler(behaviour, request_deserializer=request.FromString,
+                                     response_serializer=_send_as_is)}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
