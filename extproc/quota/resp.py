@@ -19,10 +19,11 @@ import asyncio
 import hashlib
 from collections import deque
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import hiredis
 from redis import exceptions as redis_errors
+from redis.asyncio.connection import parse_url
 
 #: Connections per process: enough to spread the load of one event loop, few for Redis.
 CONNECTIONS = 4
@@ -118,12 +119,10 @@ class LeanRedis:
     """Just enough of a Redis client for ``RedisQuotaStore``: ``register_script``, ``aclose``."""
 
     def __init__(self, url: str, connect_timeout_s: float, connections: int = CONNECTIONS) -> None:
-        parts = urlsplit(url)
-        self._host, self._port = parts.hostname or "127.0.0.1", parts.port or 6379
-        self._password = unquote(parts.password) if parts.password else None
-        self._username = unquote(parts.username) if parts.username else None
-        db = parts.path.strip("/")
-        self._db = int(db) if db.isdigit() else 0
+        parts = parse_url(url)  # redis-py's own reading of a redis:// URL
+        self._host, self._port = parts.get("host") or "127.0.0.1", parts.get("port") or 6379
+        self._password, self._username = parts.get("password"), parts.get("username")
+        self._db = parts.get("db") or 0
         self._connect_timeout = connect_timeout_s
         self._slots: list[_Connection | None] = [None] * connections
         self._connecting: list[asyncio.Future[_Connection] | None] = [None] * connections
