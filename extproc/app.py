@@ -115,16 +115,21 @@ class Worker:
             },
         }
 
+    def servicers(self) -> tuple[ExternalProcessorService, AuthorizationService]:
+        """The two adapters over this worker's pipeline, observer and records."""
+        cap, sample, ledger = self.settings.metrics_tenant_cap, self.settings.log_allow_sample, self.ledger
+
+        def observer(adapter: str) -> DecisionObserver:
+            return DecisionObserver(adapter, cap, sample, ledger)
+        return (ExternalProcessorService(self.pipeline, observer("ext_proc"), ledger),
+                AuthorizationService(self.pipeline, observer("ext_authz"), ledger))
+
     async def run(self, stop: asyncio.Event) -> None:
         server = grpc.aio.server(options=_GRPC_OPTIONS)
         tracing.configure()
-        cap, sample = self.settings.metrics_tenant_cap, self.settings.log_allow_sample
-        ledger = self.ledger
-        ext_proc_service = ExternalProcessorService(
-            self.pipeline, DecisionObserver("ext_proc", cap, sample, ledger), ledger)
+        ext_proc_service, authz_service = self.servicers()
         ext_proc.add_to_server(ext_proc_service, server)
-        ext_authz.add_to_server(AuthorizationService(
-            self.pipeline, DecisionObserver("ext_authz", cap, sample, ledger), ledger), server)
+        ext_authz.add_to_server(authz_service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for address in self.settings.listen:
             if address.startswith("unix:"):

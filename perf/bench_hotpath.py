@@ -35,9 +35,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb  # noqa: E402
 from extproc.app import Worker  # noqa: E402
 from extproc.devstack.noop_sidecar import NoopProcessor  # noqa: E402
 from extproc.runtime import settle_heap  # noqa: E402
-from extproc.services.ext_proc import ExternalProcessorService  # noqa: E402
 from extproc.settings import Settings  # noqa: E402
-from extproc.telemetry.decisions import DecisionObserver  # noqa: E402
 
 USAGE_BODY = json.dumps({"id": "c1", "object": "chat.completion", "model": "gpt-4o-mini",
                          "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."},
@@ -79,7 +77,7 @@ class _Stream:
     async def read(self) -> Any:
         return next(self._messages, grpc.aio.EOF)
 
-    async def write(self, response: pb.ProcessingResponse) -> None:
+    async def write(self, response: bytes) -> None:
         assert isinstance(response, bytes)  # sent as it is (envoy_api.ext_proc.add_to_server)
         self.answers += 1
 
@@ -108,8 +106,7 @@ async def run(args: argparse.Namespace, bench: Bench) -> dict[str, list[float]]:
     await worker.quota.store.start()  # type: ignore[union-attr]
     assert worker.ledger is not None
     records = asyncio.create_task(worker.ledger.run())
-    full = ExternalProcessorService(worker.pipeline, DecisionObserver("ext_proc", recorder=worker.ledger),
-                                    worker.ledger)
+    full, _ = worker.servicers()
     messages = chat_messages(bench.token)
     await drive(full, messages, 200, 4)  # warm-up: JWKS fetch, token cache, connections
     await full.drain()
