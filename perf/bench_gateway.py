@@ -67,6 +67,11 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_us_per_request(pid: int, cpu_before: float, requests: int) -> float:
+    """The process's CPU time since ``cpu_before`` (``_cpu_seconds``), per request, in µs."""
+    return (_cpu_seconds(pid) - cpu_before) / max(requests, 1) * 1e6
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -132,18 +137,9 @@ class Bench:
     def start(self, records_ab: bool = False, client_ab: bool = False) -> None:
         """``records_ab``: also (C-norec), the full sidecar with usage and decision records off.
         ``client_ab``: also (C-redispy), the full sidecar on redis-py instead of the lean client."""
-        admin = free_port()
-        self._envoy("fake-upstream", _template("fake-upstream.yaml", ADMIN_PORT=admin,
-                                                POOL_A_PORT=self.pool_a, POOL_B_PORT=self.pool_b), admin)
-        plain_port, admin = free_port(), free_port()
-        self._envoy("plain", _template("plain.yaml", ADMIN_PORT=admin, LISTEN_PORT=plain_port,
-                                       POOL_A_PORT=self.pool_a), admin)
-        self.urls["A"] = f"http://127.0.0.1:{plain_port}"
-        # (B) the do-nothing sidecar
-        noop = f"127.0.0.1:{free_port()}"
-        child = self._spawn("noop-sidecar", [sys.executable, "-m", "extproc", "noop-sidecar", "--listen", noop])
-        self.sidecar_pid["B"] = child.proc.pid
-        self._gateway("B", noop)
+        self.upstream()
+        self.urls["A"] = f"http://127.0.0.1:{self.plain()}"
+        self._gateway("B", self.noop_sidecar())
         # (C) the full sidecar
         full, self.sidecar_pid["C"] = self.full_sidecar()
         self._gateway("C", full[0])
@@ -154,6 +150,26 @@ class Bench:
             full, self.sidecar_pid["C-redispy"] = self.full_sidecar(
                 "sidecar-redispy", env={"EXTPROC_QUOTA_CLIENT": "redis-py"})
             self._gateway("C-redispy", full[0])
+
+    def upstream(self) -> None:
+        """The model pools: an Envoy answering with direct_response on pool_a and pool_b."""
+        admin = free_port()
+        self._envoy("fake-upstream", _template("fake-upstream.yaml", ADMIN_PORT=admin,
+                                                POOL_A_PORT=self.pool_a, POOL_B_PORT=self.pool_b), admin)
+
+    def plain(self) -> int:
+        """(A) plain Envoy in front of pool_a; its port."""
+        port, admin = free_port(), free_port()
+        self._envoy("plain", _template("plain.yaml", ADMIN_PORT=admin, LISTEN_PORT=port,
+                                       POOL_A_PORT=self.pool_a), admin)
+        return port
+
+    def noop_sidecar(self) -> str:
+        """(B) the do-nothing sidecar; its address."""
+        address = f"127.0.0.1:{free_port()}"
+        child = self._spawn("noop-sidecar", [sys.executable, "-m", "extproc", "noop-sidecar", "--listen", address])
+        self.sidecar_pid["B"] = child.proc.pid
+        return address
 
     def policy(self, records: bool = True) -> Path:
         """The bench policy: the demo's, with this run's issuer and a quota no load exhausts."""
@@ -242,7 +258,7 @@ def main() -> int:
                     r = run_wrk(bench.urls[cfg] + path, bench.token, body, args.seconds, args.connections,
                                 workdir)
                     if pid:
-                        r["sidecar_cpu_us_per_request"] = (_cpu_seconds(pid) - cpu0) / max(r["requests"], 1) * 1e6
+                        r["sidecar_cpu_us_per_request"] = cpu_us_per_request(pid, cpu0, r["requests"])
                         r["sidecar_rss_mb"] = _rss_mb(pid)
                     results.setdefault(name, {}).setdefault(cfg, []).append(r)
                     print(f"round {rnd + 1} {name:<28} {cfg:<8} {r['rps']:>9.0f} req/s  "
@@ -282,8 +298,7 @@ def open_loop(bench: Bench, workloads: dict[str, tuple[str, str | None]],
                     r = asyncio.run(openloop.run(bench.urls[cfg] + path, rate, args.latency_seconds, headers,
                                                  body.encode() if body else None)).summary()
                     if pid:  # at the same offered load, so B and C batch alike
-                        r["sidecar_cpu_us_per_request"] = round(
-                            (_cpu_seconds(pid) - cpu0) / max(r["completed"], 1) * 1e6, 1)
+                        r["sidecar_cpu_us_per_request"] = round(cpu_us_per_request(pid, cpu0, r["completed"]), 1)
                     r["fraction_of_b_max"] = fraction
                     out.setdefault(name, {}).setdefault(cfg, {})[f"{fraction:g}"] = r
                     print(f"open loop {name:<28} {cfg:<8} {rate:>6} req/s ({fraction:.0%} of {floor}): "

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "perf"))
 
-from bench_gateway import Bench, _template  # noqa: E402
+from bench_gateway import Bench  # noqa: E402
 
 from tests.e2e.stack import PoolsThread  # noqa: E402
 from tests.support import free_port  # noqa: E402
@@ -59,12 +59,9 @@ def main() -> int:
     bench = Bench(workdir)
     pools = PoolsThread({"pool-a": bench.pool_a, "pool-b": bench.pool_b}, free_port(), bench.keys)
     try:
-        plain_port, admin = free_port(), free_port()
-        bench._envoy("plain", _template("plain.yaml", ADMIN_PORT=admin, LISTEN_PORT=plain_port,
-                                        POOL_A_PORT=bench.pool_a), admin)
+        plain_port = bench.plain()
         sidecars, _ = bench.full_sidecar()
-        noop = f"127.0.0.1:{free_port()}"
-        bench._spawn("noop-sidecar", [sys.executable, "-m", "extproc", "noop-sidecar", "--listen", noop])
+        noop = bench.noop_sidecar()
         gateways = {name: bench.gateway(name, addresses, usage).ext_proc
                     for name, addresses, usage in (("B", [noop], True), ("C", sidecars, True),
                                                    ("C0", sidecars, False))}

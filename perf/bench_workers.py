@@ -26,8 +26,6 @@ sys.path.insert(0, str(ROOT / "perf"))
 
 from bench_gateway import Bench, run_wrk  # noqa: E402
 
-from tests.support import free_port  # noqa: E402
-
 
 def per_endpoint_requests(admin: int) -> dict[str, int]:
     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/clusters", timeout=5) as r:
@@ -49,10 +47,7 @@ def main() -> int:
     results: dict[str, list[float]] = {}
     shares: list[dict[str, int]] = []
     try:
-        admin = free_port()
-        from bench_gateway import _template  # the fake upstream only
-        bench._envoy("fake-upstream", _template("fake-upstream.yaml", ADMIN_PORT=admin,
-                                                 POOL_A_PORT=bench.pool_a, POOL_B_PORT=bench.pool_b), admin)
+        bench.upstream()
         gateways = {n: bench.gateway(str(n), bench.full_sidecar(f"sidecar-{n}", n)[0])
                     for n in (1, args.workers)}
         for ports in gateways.values():  # warm-up

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "perf"))
 
-from bench_gateway import CHAT_BODY, Bench, _cpu_seconds, run_wrk  # noqa: E402
+from bench_gateway import CHAT_BODY, Bench, _cpu_seconds, cpu_us_per_request, run_wrk  # noqa: E402
 
 WORKLOADS = {"chat": ("/v1/chat/completions", CHAT_BODY), "models": ("/v1/models", None)}
 
@@ -85,7 +85,7 @@ def main() -> int:
         worker.start()
         _, err = spy.communicate(timeout=args.seconds + 60)
         worker.join()
-        cpu_per_request = (_cpu_seconds(pid) - cpu0) / max(load.get("requests", 1), 1) * 1e6
+        cpu_per_request = cpu_us_per_request(pid, cpu0, int(load.get("requests", 1)))
     finally:
         bench.stop()
     if not raw.exists():
