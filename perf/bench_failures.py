@@ -65,11 +65,6 @@ CHAT = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "conten
                    "max_tokens": 16}).encode()
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2) if ordered else float("nan")
-
-
 def phases(samples: list[tuple[float, float, int]], fault_at: float, fault_end: float) -> dict[str, Any]:
     """Outcomes and latency before, during and after the fault (times: seconds after load start)."""
     out: dict[str, Any] = {}
@@ -81,8 +76,8 @@ def phases(samples: list[tuple[float, float, int]], fault_at: float, fault_end: 
             key = "error" if status < 0 else str(status)
             statuses[key] = statuses.get(key, 0) + 1
         lat = [s[1] for s in part if s[2] >= 0]
-        out[name] = {"requests": len(part), "statuses": statuses, "p50_ms": _pct(lat, 0.5),
-                     "p99_ms": _pct(lat, 0.99)}
+        out[name] = {"requests": len(part), "statuses": statuses, "p50_ms": openloop.percentile(lat, 0.5, 2),
+                     "p99_ms": openloop.percentile(lat, 0.99, 2)}
     return out
 
 
@@ -93,7 +88,7 @@ def timeline(path: Path, title: str, series: dict[str, openloop.Result], marks: 
         for due, latency, status in result.samples:
             buckets.setdefault(int(due * 4), []).append((latency, status))
         xs = sorted(buckets)
-        top.plot([x / 4 for x in xs], [_pct([lat for lat, st in buckets[x] if st >= 0] or [float("nan")], 0.99)
+        top.plot([x / 4 for x in xs], [openloop.percentile([lat for lat, st in buckets[x] if st >= 0], 0.99)
                                       for x in xs], label=f"{label} p99")
         for cls, style in (("2xx", "-"), ("4xx", "--"), ("5xx/error", ":")):
             counts = [sum(1 for _, st in buckets[x] if _status_class(st) == cls) * 4 for x in xs]

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "perf"))
 
 from bench_gateway import Bench  # noqa: E402
+from openloop import percentile  # noqa: E402
 
 from tests.e2e.stack import PoolsThread  # noqa: E402
 from tests.support import free_port  # noqa: E402
@@ -44,11 +45,6 @@ def first_event_ms(port: int, token: str) -> float:
     resp.read()
     conn.close()
     return elapsed
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))], 3)
 
 
 def main() -> int:
@@ -78,7 +74,7 @@ def main() -> int:
     finally:
         pools.stop()
         bench.stop()
-    report = {name: {"median_ms": round(statistics.median(v), 3), "p90_ms": pct(v, 0.9), "p99_ms": pct(v, 0.99)}
+    report = {name: {"median_ms": round(statistics.median(v), 3), "p90_ms": percentile(v, 0.9), "p99_ms": percentile(v, 0.99)}
               for name, v in samples.items()}
     a, b, c = report["A plain Envoy"], report["B do-nothing sidecar"], report["C full sidecar"]
     keys = ("median_ms", "p90_ms", "p99_ms")

@@ -54,17 +54,19 @@ class Result:
             "rate": self.rate, "seconds": self.seconds, "sent": self.sent, "completed": len(lat),
             "errors": self.errors, "unfinished": self.unfinished,
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
-            **{f"p{name}_ms": _pct(lat, q) for name, q in
+            **{f"p{name}_ms": percentile(lat, q) for name, q in
                (("50", 0.50), ("90", 0.90), ("95", 0.95), ("99", 0.99), ("99.9", 0.999))},
             "max_ms": round(lat[-1], 3) if lat else float("nan"),
-            "lag_ms_p99": _pct(lags, 0.99),
+            "lag_ms_p99": percentile(lags, 0.99),
         }
 
 
-def _pct(ordered: list[float], q: float) -> float:
+def percentile(values: list[float], q: float, digits: int = 3) -> float:
+    """The ``q`` quantile (0..1) of ``values``, nearest rank; NaN when there are none."""
+    ordered = sorted(values)
     if not ordered:
         return float("nan")
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], digits)
 
 
 class _Conn:
