@@ -314,13 +314,28 @@ async def test_skewed_sidecar_clocks_do_not_change_results(redis_server, monkeyp
     await behind.client.aclose()
 
 
-async def test_tenant_names_that_would_break_hash_tags_are_hashed(redis_server) -> None:
+async def test_tenant_names_that_would_break_hash_tags_are_encoded(redis_server) -> None:
     odd = Identity(tenant="we{ird}", verified=True)
     s = settings(QuotaPolicy("rpm", requests=Rate(2, 60_000, 2)))
     store = await store_for(redis_server)
     p = plan(s, odd, CHAT, "r1", BODY)
-    assert "{h-" in p.limits[0].key and "we{ird}" not in p.limits[0].key
+    assert p.limits[0].key == "xq:{we%7Bird%7D}:r:rpm"
     assert (await store.admit(p, "1")).admitted
+    await store.client.aclose()
+
+
+async def test_no_tenant_can_spend_another_tenants_quota(redis_server) -> None:
+    """Regression (hardening #3): "Victim Corp" was keyed as ``h-<sha256 prefix>``, which is also a
+    plain tenant name: that tenant exhausted the victim's rate."""
+    import hashlib
+
+    victim = Identity(tenant="Victim Corp", verified=True)
+    attacker = Identity(tenant="h-" + hashlib.sha256(b"Victim Corp").hexdigest()[:32], verified=True)
+    s = settings(QuotaPolicy("rpm", requests=Rate(3, 60_000, 3)))
+    store = await store_for(redis_server)
+    spent = [await admit(store, s, f"a{i}", attacker) for i in range(5)]
+    assert [r.admitted for r in spent] == [True] * 3 + [False] * 2
+    assert (await admit(store, s, "v1", victim)).admitted
     await store.client.aclose()
 
 

@@ -45,7 +45,27 @@ def test_which_policies_apply() -> None:
 
 def test_tenant_tags() -> None:
     assert tenant_tag("acme-corp.eu") == "acme-corp.eu"
-    assert tenant_tag("a}b").startswith("h-") and tenant_tag("a}b") == tenant_tag("a}b")
+    assert tenant_tag("a}b") == "a%7Db"  # never the hash tag's delimiters
+    assert tenant_tag("global:pro") == "global%3Apro"  # never a global policy's tag
+
+
+def test_tenant_tags_are_one_to_one() -> None:
+    """Regression (hardening #3): names outside the key alphabet were hashed to ``h-<hex>``, itself
+    a valid plain name, so the tenant ``h-…`` spent "Victim Corp"'s quota. Every IdP string now
+    has its own tag, and the tag decodes back to the tenant."""
+    import hashlib
+    from urllib.parse import unquote
+
+    victim = "Victim Corp"
+    old_tag = "h-" + hashlib.sha256(victim.encode()).hexdigest()[:32]
+    assert tenant_tag(old_tag) != tenant_tag(victim)
+    tenants = [victim, old_tag, "a b", "a%20b", "a+b", "%", "%25", "ａｃｍｅ", "acme", "ACME", "a\u0000b",
+               "x" * 256, "é", "e\u0301", "{acme}", "a:b", "a%3Ab", "\ud800", "~", "_", "@"]
+    tags = [tenant_tag(t) for t in tenants]
+    assert len(set(tags)) == len(tenants)
+    for tenant, tag in zip(tenants, tags, strict=True):
+        assert all(c not in tag for c in "{}: ") and tag.isascii()
+        assert unquote(tag, errors="surrogatepass") == tenant
 
 
 def test_utc_offsets_follow_dst() -> None:
