@@ -10,25 +10,27 @@ Nothing here blocks the event loop.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from extproc.config.model import AuthMode, ListenerPolicy, Snapshot, UnknownAction
 from extproc.domain.authorize import authorize
-from extproc.domain.classify import NEEDS_BODY, Classification, WorkloadClass
+from extproc.domain.classify import NEEDS_BODY, Classification, TokenUse, WorkloadClass
 from extproc.domain.decision import Decision, allow, deny
 from extproc.domain.facts import RequestFacts
 from extproc.domain.identity import ANONYMOUS, Identity
 from extproc.domain.ids import new_decision_id
-from extproc.domain.reasons import Reason
+from extproc.domain.params import RequestParams, read_params
+from extproc.domain.reasons import InvalidRequest, Reason
+from extproc.domain.request_body import BodyFormat, RequestBody, read_body
 from extproc.domain.usage import Measured, Usage, usage_from_json
 from extproc.identity.authenticator import IdentityUnavailable
 from extproc.identity.base import Authenticator
 from extproc.identity.tokens import TokenError
 from extproc.quota import headers as quota_headers
-from extproc.quota.plan import prompt_tokens
+from extproc.quota.plan import NO_PARAMS
 from extproc.quota.recipe import SettleRecipe
 from extproc.quota.service import QuotaService, QuotaTicket
 from extproc.routing.table import RoutingTable
@@ -84,14 +86,16 @@ class Pipeline:
         if isinstance(identity, Decision):
             return identity
         # 2. Classification, from the head alone unless the matching rule needs the body.
-        cls = snapshot.classifier.classify_headers(
-            facts.method, facts.path, facts.host, facts.headers, _json_body_follows(facts)
-        )
+        try:
+            cls = snapshot.classifier.classify_headers(
+                facts.method, facts.path, facts.host, facts.headers, not facts.end_of_stream)
+        except InvalidRequest as exc:  # a model in the path or a header that is no model name
+            return deny(decision_id, exc.reason, exc.message, identity=identity)
         timer.lap("classify")
         if cls is NEEDS_BODY:
             return AwaitingBody(snapshot, decision_id, identity, timer)
         assert isinstance(cls, Classification)
-        return await self._decide(snapshot, decision_id, facts, identity, cls, None, timer)
+        return await self._decide(snapshot, decision_id, facts, identity, cls, None, NO_PARAMS, timer)
 
     async def on_request_body(
         self, facts: RequestFacts, pending: AwaitingBody, raw: bytes, truncated: bool = False
@@ -100,7 +104,8 @@ class Pipeline:
 
         A body Envoy cut at its buffer limit is longer than ``max_bytes`` (Envoy's
         limit must exceed it, see envoy/README.md), so the length check catches it;
-        ``end_of_stream`` alone is no sign of a cut (trailers may follow).
+        ``end_of_stream`` alone is no sign of a cut (trailers may follow). The body is read as
+        what the upstream will read (``domain.request_body``), or refused: never decided blind.
         """
         snapshot, decision_id, identity = pending.snapshot, pending.decision_id, pending.identity
         timer = pending.timer
@@ -109,18 +114,17 @@ class Pipeline:
         if truncated or len(raw) > limit:
             return deny(decision_id, Reason.BODY_TOO_LARGE,
                         f"request body is larger than the limit of {limit} bytes")
-        body = None
-        if raw.strip():
-            try:
-                body = await _off_loop_if_large(json.loads, raw)
-            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-                detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-                return deny(decision_id, Reason.INVALID_JSON, f"request body is not valid JSON: {detail}")
-            if not isinstance(body, dict):
-                return deny(decision_id, Reason.INVALID_JSON, "request body must be a JSON object")
-        cls = snapshot.classifier.classify(facts.method, facts.path, facts.host, facts.headers, body)
+        try:
+            body = await _off_loop_if_large(partial(read_body, headers=facts.headers), raw)
+            fields = body.fields if body is not None else None
+            cls = snapshot.classifier.classify(facts.method, facts.path, facts.host, facts.headers, fields)
+            params = NO_PARAMS
+            if body is not None and cls.tokens is not TokenUse.NONE:
+                params = read_params(fields, form=body.format is BodyFormat.FORM)
+        except InvalidRequest as exc:
+            return deny(decision_id, exc.reason, exc.message, identity=identity)
         timer.lap("classify")
-        return await self._decide(snapshot, decision_id, facts, identity, cls, body, timer)
+        return await self._decide(snapshot, decision_id, facts, identity, cls, body, params, timer)
 
     async def _identify(
         self, decision_id: str, listener: ListenerPolicy, facts: RequestFacts
@@ -141,7 +145,7 @@ class Pipeline:
 
     async def _decide(
         self, snapshot: Snapshot, decision_id: str, facts: RequestFacts, identity: Identity,
-        cls: Classification, body: Mapping[str, Any] | None, timer: PhaseTimer,
+        cls: Classification, body: RequestBody | None, params: RequestParams, timer: PhaseTimer,
     ) -> Decision:
         # 3. Unknown work is refused unless this listener allows it.
         if (
@@ -149,7 +153,7 @@ class Pipeline:
             and snapshot.listener(facts.listener).unknown_requests is UnknownAction.DENY
         ):
             return deny(decision_id, Reason.UNKNOWN_WORKLOAD,
-                        f"no classification rule matches {facts.method} {facts.path}", cls, identity)
+                        f"no classification rule matches {facts.method} {facts.path[:256]}", cls, identity)
         # 4. Authorization: every access rule that applies must pass (403 otherwise).
         refusal = authorize(snapshot.access, identity, cls, facts.listener)
         if refusal is not None:
@@ -167,22 +171,35 @@ class Pipeline:
             )
         served = route.entry.rewrite_model or model
         # Quota policies match the canonical model, so an alias cannot dodge a model's limits.
-        quota_cls = cls if model == cls.model else Classification(cls.workload, model, cls.rule)
-        upstream_body = body
-        if served != cls.model and body is not None and body.get("model") == cls.model:
-            upstream_body = {**body, "model": served}  # ext_authz cannot rewrite: header only
-        streamed = facts.can_rewrite_body and body is not None and body.get("stream") is True
-        if streamed and upstream_body is not None and _asks_no_stream_usage(facts.path, upstream_body):
-            upstream_body = _ask_stream_usage(upstream_body)
+        quota_cls = cls if model == cls.model else replace(cls, model=model)
+        # What the upstream reads is what was decided on: the served model goes in the body.
+        changes: dict[str, Any] = {}
+        if served is not None and served != (cls.model_spelling or cls.model):
+            field = cls.model_field
+            rewritable = body is not None and facts.can_rewrite_body
+            if field is not None and rewritable and body is not None and body.can_set(field, served):
+                changes[field] = served
+            elif cls.model_spelling is not None:
+                return deny(decision_id, Reason.INVALID_MODEL,
+                            f"model names are lower case here, and this request's model cannot be "
+                            f"rewritten on its way: send {cls.model!r}", cls, identity)
+            # else: ext_authz cannot rewrite a body; the upstream learns the served model from
+            # the x-extproc-model-served header.
+        streamed = facts.can_rewrite_body and params.stream
+        if streamed and body is not None and body.format is BodyFormat.JSON:
+            options = _stream_usage_options(facts.path, body.fields)
+            if options is not None:
+                changes["stream_options"] = options
         # 6. Quota: every applicable limit in ONE Redis call; nothing is consumed on a refusal.
-        ticket = await self._quota.admit(snapshot.quotas, identity, quota_cls, route.entry.id, body,
+        ticket = await self._quota.admit(snapshot.quotas, identity, quota_cls, route.entry.id, params,
                                          decision_id, leases=facts.sees_request_end)
         timer.lap("quota")
         read_stream = streamed and self._usage_records
+        rewrite = body.rewritten(changes) if changes and body is not None and facts.can_rewrite_body else None
         if ticket is None:
             return allow(decision_id, cls, identity, route, served,
-                         body_rewrite=_rewrite(facts, body, upstream_body), usage_stream=read_stream,
-                         prompt_tokens=prompt_tokens(body) if read_stream else 0,
+                         body_rewrite=rewrite, usage_stream=read_stream,
+                         prompt_tokens=params.prompt_tokens if read_stream else 0,
                          usage_recipe=self._usage_recipe(streamed, None, decision_id, identity))
         admission = ticket.admission
         if admission.degraded == "closed":
@@ -193,20 +210,21 @@ class Pipeline:
         if admission.blocking is None:
             return allow(decision_id, cls, identity, route, served, quota=ticket,
                          response_headers=tuple(quota_headers.allowed(admission)),
-                         degraded=admission.degraded, body_rewrite=_rewrite(facts, body, upstream_body),
+                         degraded=admission.degraded, body_rewrite=rewrite,
                          usage_recipe=self._usage_recipe(streamed, ticket, decision_id, identity),
                          usage_stream=read_stream)
         # 7. Refused. A token budget may let the request through with a smaller max_tokens
         #    (ext_proc only: ext_authz cannot rewrite a body).
-        if facts.can_rewrite_body:
+        if facts.can_rewrite_body and body is not None and body.format is BodyFormat.JSON:
             clamped = await self._quota.clamp(snapshot.quotas, identity, quota_cls, route.entry.id,
-                                              upstream_body, decision_id, admission)
+                                              params, decision_id, admission)
             if clamped is not None:
-                ticket, new_body, field = clamped
+                ticket, cap = clamped
+                changes.update(dict.fromkeys(params.cap_fields or ("max_tokens",), cap))
                 return allow(decision_id, cls, identity, route, served, quota=ticket,
                              response_headers=(*quota_headers.allowed(ticket.admission),
-                                               ("x-extproc-max-tokens-clamped", str(new_body[field]))),
-                             body_rewrite=json.dumps(new_body, separators=(",", ":")).encode(),
+                                               ("x-extproc-max-tokens-clamped", str(cap))),
+                             body_rewrite=body.rewritten(changes),
                              usage_recipe=self._usage_recipe(streamed, ticket, decision_id, identity),
                              usage_stream=read_stream, clamped=True)
         reason, message, headers, details = quota_headers.denial(admission)
@@ -260,34 +278,17 @@ async def _off_loop_if_large(parse: Callable[[bytes], T], raw: bytes) -> T:
     return await asyncio.to_thread(parse, raw)
 
 
-def _rewrite(facts: RequestFacts, body: Mapping[str, Any] | None,
-             upstream_body: Mapping[str, Any] | None) -> bytes | None:
-    """The new request body when the route changed it (and this adapter can send one)."""
-    if upstream_body is body or not facts.can_rewrite_body:
-        return None
-    return json.dumps(upstream_body, separators=(",", ":")).encode()
-
-
-def _asks_no_stream_usage(path: str, body: Mapping[str, Any]) -> bool:
-    """An OpenAI (chat) completions stream that did not ask for its usage."""
+def _stream_usage_options(path: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """OpenAI (chat) completions streams report usage only when asked (a last chunk with empty
+    choices): the ``stream_options`` that asks, or None when the request asked already or is
+    not such a stream."""
     if not path.split("?", 1)[0].endswith("/completions"):
-        return False
-    options = body.get("stream_options")
-    return not (isinstance(options, dict) and options.get("include_usage") is True)
-
-
-def _ask_stream_usage(body: Mapping[str, Any]) -> dict[str, Any]:
-    """OpenAI streams report usage only when asked (a last chunk with empty choices): ask."""
+        return None
     options = body.get("stream_options")
     options = options if isinstance(options, dict) else {}
-    return {**body, "stream_options": {**options, "include_usage": True}}
-
-
-def _json_body_follows(facts: RequestFacts) -> bool:
-    """A body is coming and may be JSON. Multipart uploads are never buffered or parsed."""
-    if facts.end_of_stream:
-        return False
-    return not facts.headers.get("content-type", "").lower().startswith("multipart/")
+    if options.get("include_usage") is True:
+        return None
+    return {**options, "include_usage": True}
 
 
 def _www_authenticate(exc: TokenError) -> str:

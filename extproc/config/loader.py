@@ -19,7 +19,7 @@ from extproc.config.model import AuthMode, ListenerPolicy, PolicyConfig, Unknown
 from extproc.config.quota_section import parse_quotas
 from extproc.config.reader import ConfigError, Reader
 from extproc.config.records_section import parse_records
-from extproc.domain.classify import ModelSource, RuleSpec, WorkloadClass
+from extproc.domain.classify import ModelSource, RuleSpec, TokenUse, WorkloadClass
 from extproc.domain.facts import INTERNAL_HEADER_PREFIX
 from extproc.routing.document import TABLE_FIELDS, parse_table
 from extproc.routing.table import CHAIN_SEPARATOR, TableSpec
@@ -155,7 +155,7 @@ def _classification(r: Reader, value: Any) -> tuple[RuleSpec, ...]:
 
 def _rule(r: Reader, item: Any, where: str) -> RuleSpec | None:
     before = len(r.errors)
-    f = r.mapping(item, where, {"name", "class", "when", "model"})
+    f = r.mapping(item, where, {"name", "class", "when", "model", "tokens"})
     name = r.typed(f.get("name"), f"{where}.name", str, "")
     if not name:
         r.error(f"{where}.name", "required")
@@ -204,9 +204,12 @@ def _rule(r: Reader, item: Any, where: str) -> RuleSpec | None:
             r.error(f"{where}.when.body.{key}", "expected a scalar value or '*'")
         body.append((key, want))
     model = _model_source(r, f.get("model"), f"{where}.model", regex)
-    if len(r.errors) > before or workload is None:
+    tokens = r.choice(f.get("tokens", TokenUse.GENERATION.value), f"{where}.tokens", TokenUse,
+                      ", ".join(t.value for t in TokenUse))
+    if len(r.errors) > before or workload is None or tokens is None:
         return None
-    return RuleSpec(name, workload, methods, path, prefix, regex, hosts, tuple(headers), tuple(body), model)
+    return RuleSpec(name, workload, methods, path, prefix, regex, hosts, tuple(headers), tuple(body), model,
+                    tokens)
 
 
 def _model_source(r: Reader, value: Any, where: str, regex: str | None) -> ModelSource | None:

@@ -109,7 +109,9 @@ def parse_quotas(r: Reader, value: Any, route_ids: set[str]) -> QuotaSettings:
             continue
         policies.append(QuotaPolicy(
             name=name, tenant=strings["tenant"], plan=strings["plan"], workload=workload,
-            model=strings["model"], route=strings["route"], requests=requests, tokens=tokens,
+            # Model names are matched in lower case (README "Model names").
+            model=strings["model"].lower() if strings["model"] else None, route=strings["route"],
+            requests=requests, tokens=tokens,
             budget=budget, concurrency=concurrency, lease_ttl_ms=(lease_ttl or 600) * 1000,
             enforce=enforce, on_store_failure=mode or FailureMode.CLOSED, clamp_max_tokens=clamp,
             scope=str(scope),

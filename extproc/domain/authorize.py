@@ -26,7 +26,7 @@ class AccessRule:
     issuers: frozenset[str] = frozenset()  # any of (issuer names from config)
 
     def applies(self, cls: Classification, listener: str) -> bool:
-        if self.workload is not None and cls.workload is not self.workload:
+        if self.workload is not None and not cls.workload.within(self.workload):
             return False
         if self.listener is not None and listener != self.listener:
             return False

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from extproc.domain.reasons import InvalidRequest, Reason
+
 
 class WorkloadClass(StrEnum):
     INFERENCE = "inference"
@@ -28,6 +30,22 @@ class WorkloadClass(StrEnum):
     COMPUTE = "compute"
     EDGE_INFERENCE = "edge_inference"
     UNKNOWN = "unknown"
+
+    def within(self, policy_class: WorkloadClass) -> bool:
+        """Whether a policy (access rule, quota) on ``policy_class`` covers this class. Classes
+        nest for policy: edge inference is inference. What marks a request as edge (a header, a
+        host) is the client's choice, so it may pick the edge pool and add edge policies, but
+        never take a request out of the policies on inference (README "Classification")."""
+        return self is policy_class or (
+            self is WorkloadClass.EDGE_INFERENCE and policy_class is WorkloadClass.INFERENCE)
+
+
+class TokenUse(StrEnum):
+    """What an API consumes in tokens, so what its admission reserves."""
+
+    GENERATION = "generation"  # the prompt, plus the completion(s) it may generate
+    PROMPT = "prompt"  # the prompt only (embeddings, moderations)
+    NONE = "none"  # nothing (model lists, token counting, object reads): no token limit applies
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +70,7 @@ class RuleSpec:
     headers: tuple[tuple[str, str], ...] = ()
     body: tuple[tuple[str, Any], ...] = ()
     model: ModelSource | None = None
+    tokens: TokenUse = TokenUse.GENERATION
 
     @property
     def needs_body(self) -> bool:
@@ -61,17 +80,51 @@ class RuleSpec:
 @dataclass(frozen=True, slots=True)
 class Classification:
     workload: WorkloadClass
+    #: The model in its canonical spelling (lower case): what every rule matches on.
     model: str | None
     rule: str | None
+    tokens: TokenUse = TokenUse.GENERATION
+    #: The body field the model came from (None: the path, a header, or no model): the field a
+    #: model rewrite replaces.
+    model_field: str | None = None
+    #: The model as the client spelled it, when that differs from ``model`` (letter case).
+    model_spelling: str | None = None
 
 
-UNCLASSIFIED = Classification(WorkloadClass.UNKNOWN, None, None)
+UNCLASSIFIED = Classification(WorkloadClass.UNKNOWN, None, None, TokenUse.NONE)
 
 #: Marker returned by ``classify_headers`` when the deciding rule needs the body.
 NEEDS_BODY = object()
 
 _ANY = "*"
-_MODEL_NAME = re.compile(r"[A-Za-z0-9._:/@+-]{1,256}")
+MAX_MODEL_LENGTH = 256
+_MODEL_CHARS = re.compile(r"[A-Za-z0-9._:/@+-]*")
+
+
+def canonical_model(value: Any, where: str) -> str:
+    """The canonical spelling of a model name the client sent: ASCII lower case. Anything that
+    is not a plain name (README "Model names") is an ``InvalidRequest`` that says why, never
+    treated as "no model": a name the gateway cannot read must not escape model-keyed rules."""
+    if not isinstance(value, str):
+        raise InvalidRequest(Reason.INVALID_MODEL, f"{where} must be a string, not {_json_type(value)}")
+    if not value:
+        raise InvalidRequest(Reason.INVALID_MODEL, f"{where} is empty")
+    if len(value) > MAX_MODEL_LENGTH:
+        raise InvalidRequest(Reason.INVALID_MODEL, f"{where} is longer than {MAX_MODEL_LENGTH} characters")
+    plain = _MODEL_CHARS.match(value)
+    assert plain is not None  # the pattern matches the empty prefix
+    if plain.end() < len(value):
+        bad = value[plain.end()]
+        raise InvalidRequest(
+            Reason.INVALID_MODEL,
+            f"{where} {value[:64]!r} has a character that is not allowed: U+{ord(bad):04X} at position "
+            f"{plain.end()} (model names are ASCII letters, digits and . _ : / @ + -, without spaces)")
+    return value.lower()
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number"}
+    return names.get(type(value), "null" if value is None else type(value).__name__)
 
 
 class _CompiledRule:
@@ -118,22 +171,29 @@ class _CompiledRule:
                 return False
         return True
 
-    def model(self, path: str, headers: Mapping[str, str], body: Mapping[str, Any] | None) -> str | None:
-        src = self.spec.model
+    def classification(self, path: str, headers: Mapping[str, str],
+                       body: Mapping[str, Any] | None) -> Classification:
+        """This rule's verdict; ``InvalidRequest`` when the model it reads is not a model name."""
+        s = self.spec
+        src = s.model
         if src is None:
-            return None
+            return Classification(s.workload, None, s.name, s.tokens)
         value: Any = None
+        where = f"body field {src.name!r}"
         if src.kind == "body":
             value = body.get(src.name) if body is not None else None
         elif src.kind == "header":
-            value = headers.get(src.name)
+            value, where = headers.get(src.name), f"header {src.name!r}"
         elif src.kind == "path" and self._regex is not None:
             m = self._regex.fullmatch(path)
-            value = m.group(src.name) if m else None
+            value, where = (m.group(src.name) if m else None), "the model in the path"
+        if value is None:  # absent (or JSON null): a request without a model
+            return Classification(s.workload, None, s.name, s.tokens)
         # A model name ends up in headers and metric labels: a conservative charset only.
-        if not isinstance(value, str) or _MODEL_NAME.fullmatch(value) is None:
-            return None
-        return value
+        model = canonical_model(value, where)
+        return Classification(s.workload, model, s.name, s.tokens,
+                              model_field=src.name if src.kind == "body" else None,
+                              model_spelling=value if value != model else None)
 
 
 class Classifier:
@@ -165,7 +225,7 @@ class Classifier:
                 return NEEDS_BODY
             if not rule.matches_body(None):
                 continue
-            return Classification(rule.spec.workload, rule.model(path, headers, None), rule.spec.name)
+            return rule.classification(path, headers, None)
         return UNCLASSIFIED
 
     def classify(
@@ -179,5 +239,5 @@ class Classifier:
         """Decide with the request head and (possibly absent) JSON body."""
         for rule in self.candidates(path):
             if rule.matches_head(method, path, host, headers) and rule.matches_body(body):
-                return Classification(rule.spec.workload, rule.model(path, headers, body), rule.spec.name)
+                return rule.classification(path, headers, body)
         return UNCLASSIFIED

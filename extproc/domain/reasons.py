@@ -43,6 +43,11 @@ class Reason(StrEnum):
     NO_ROUTE = "no_route"
     BODY_TOO_LARGE = "body_too_large"
     INVALID_JSON = "invalid_json"
+    INVALID_FORM = "invalid_form"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    INVALID_MODEL = "invalid_model"
+    INVALID_PARAMETER = "invalid_parameter"
+    REQUEST_BODY_TIMEOUT = "request_body_timeout"
     INTERNAL_ERROR = "internal_error"
     IDENTITY_PROVIDER_UNAVAILABLE = "identity_provider_unavailable"
     QUOTA_STORE_UNAVAILABLE = "quota_store_unavailable"
@@ -75,6 +80,11 @@ _STATUS: dict[Reason, int] = {
     Reason.NO_ROUTE: 404,
     Reason.BODY_TOO_LARGE: 413,
     Reason.INVALID_JSON: 400,
+    Reason.INVALID_FORM: 400,
+    Reason.UNSUPPORTED_MEDIA_TYPE: 415,
+    Reason.INVALID_MODEL: 400,
+    Reason.INVALID_PARAMETER: 400,
+    Reason.REQUEST_BODY_TIMEOUT: 408,
     Reason.INTERNAL_ERROR: 503,
     Reason.IDENTITY_PROVIDER_UNAVAILABLE: 503,
     Reason.QUOTA_STORE_UNAVAILABLE: 503,
@@ -92,6 +102,11 @@ _ERROR_TYPE: dict[Reason, str] = {
     Reason.NO_ROUTE: "invalid_request_error",
     Reason.BODY_TOO_LARGE: "invalid_request_error",
     Reason.INVALID_JSON: "invalid_request_error",
+    Reason.INVALID_FORM: "invalid_request_error",
+    Reason.UNSUPPORTED_MEDIA_TYPE: "invalid_request_error",
+    Reason.INVALID_MODEL: "invalid_request_error",
+    Reason.INVALID_PARAMETER: "invalid_request_error",
+    Reason.REQUEST_BODY_TIMEOUT: "invalid_request_error",
     Reason.INTERNAL_ERROR: "server_error",
     Reason.IDENTITY_PROVIDER_UNAVAILABLE: "server_error",
     Reason.QUOTA_STORE_UNAVAILABLE: "server_error",
@@ -99,3 +114,13 @@ _ERROR_TYPE: dict[Reason, str] = {
     Reason.BUDGET_EXHAUSTED: "insufficient_quota",
     Reason.CONCURRENCY_LIMITED: "rate_limit_error",
 }
+
+
+class InvalidRequest(Exception):
+    """A request the gateway will not decide on as sent (400/408/413/415): the reason and a
+    message that says why, safe to send back (bounded, never the whole input)."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message

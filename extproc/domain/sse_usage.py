@@ -22,13 +22,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from extproc.domain.token_estimate import TextTally
 from extproc.domain.usage import Usage, usage_from_object
 
 #: An event larger than this is dropped unread (its bytes still pass to the client).
 MAX_EVENT_BYTES = 1 << 20
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-#: The usual rough rule: about four characters of English text per token.
-CHARS_PER_TOKEN = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +38,9 @@ class StreamUsage:
     #: ``data: [DONE]`` or a terminal event arrived: the stream ended as the API ends it.
     completed: bool
     events: int
-    seen_text_chars: int
-
-    @property
-    def estimated_completion_tokens(self) -> int:
-        """Completion tokens guessed from the text seen (for streams without a usage)."""
-        return -(-self.seen_text_chars // CHARS_PER_TOKEN)
+    #: Completion tokens estimated from the text seen (``domain.token_estimate``), for streams
+    #: that end without their usage.
+    estimated_completion_tokens: int
 
 
 class SseUsageReader:
@@ -60,7 +56,7 @@ class SseUsageReader:
         self._output: int | None = None
         self._completed = False
         self._events = 0
-        self._text = 0
+        self._text = TextTally()
 
     def feed(self, chunk: bytes) -> None:
         self._buffer += chunk
@@ -84,7 +80,7 @@ class SseUsageReader:
         if usage is None and self._input is not None:
             usage = Usage(self._input.prompt_tokens, self._output or self._input.completion_tokens,
                           self._input.cached_tokens)
-        return StreamUsage(usage, self._completed, self._events, self._text)
+        return StreamUsage(usage, self._completed, self._events, self._text.tokens)
 
     def _event(self, raw: bytes) -> None:
         data = []
@@ -144,4 +140,4 @@ class SseUsageReader:
         if isinstance(holder, dict):
             text = holder.get(field)
             if isinstance(text, str):
-                self._text += len(text)
+                self._text.add(text)

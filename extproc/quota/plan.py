@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import time
 import zoneinfo
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
 from urllib.parse import quote
 
-from extproc.domain.classify import Classification
+from extproc.domain.classify import Classification, TokenUse
 from extproc.domain.identity import Identity
+from extproc.domain.params import RequestParams, token_demand
 from extproc.quota.spec import Budget, QuotaPolicy, QuotaSettings, Rate, Unit
 
-_MAX_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-_PROMPT_FIELDS = ("messages", "prompt", "input", "system", "contents")
+#: A request that names nothing (no body, or a body without prompt or caps).
+NO_PARAMS = RequestParams()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,42 +89,10 @@ def applies(p: QuotaPolicy, identity: Identity, cls: Classification, route: str 
     return (
         matches(p.tenant, identity.tenant)
         and matches(p.plan, identity.plan)
-        and (p.workload is None or p.workload is cls.workload)
+        and (p.workload is None or cls.workload.within(p.workload))
         and matches(p.model, cls.model)
         and matches(p.route, route)
     )
-
-
-def completion_field(body: Mapping[str, Any]) -> str:
-    """The field that caps the completion in this request (``max_tokens`` when none is set)."""
-    return next((name for name in _MAX_TOKEN_FIELDS if name in body), "max_tokens")
-
-
-def prompt_tokens(body: Mapping[str, Any] | None) -> int:
-    """The prompt's share of an estimate: about 4 bytes a token (0 without a body)."""
-    if body is None:
-        return 0
-    size = 0
-    for name in _PROMPT_FIELDS:
-        if name in body:
-            value = body[name]
-            size += len(value) if isinstance(value, str) else len(json.dumps(value, ensure_ascii=False))
-    return max(1, size // 4)
-
-
-def estimate_tokens(body: Mapping[str, Any] | None, default_max_tokens: int) -> int:
-    """Prompt size (about 4 bytes a token) plus the completion budget the request asks for."""
-    return _completion_tokens(body, default_max_tokens) + prompt_tokens(body)
-
-
-def _completion_tokens(body: Mapping[str, Any] | None, default_max_tokens: int) -> int:
-    """The completion cap the request asks for, or the default."""
-    if body is not None:
-        for name in _MAX_TOKEN_FIELDS:
-            value = body.get(name)
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                return value
-    return default_max_tokens
 
 
 @lru_cache(maxsize=256)
@@ -171,11 +137,15 @@ def _budget(policy: QuotaPolicy, tag: str, budget: Budget, cost: int, now: datet
 
 
 def plan(settings: QuotaSettings, identity: Identity, cls: Classification, route: str | None,
-         body: Mapping[str, Any] | None, now: datetime | None = None) -> QuotaPlan:
-    """``now`` (tests): the instant whose time-zone offsets the budgets use; default the present."""
+         params: RequestParams = NO_PARAMS, now: datetime | None = None) -> QuotaPlan:
+    """``params``: what the body asks for (``domain.params``). ``now`` (tests): the instant whose
+    time-zone offsets the budgets use; default the present. An API that consumes no tokens
+    (``TokenUse.NONE``: model lists, token counting) is neither checked against nor charged to
+    token limits."""
     own_tag = tenant_tag(identity.tenant)
-    prompt = prompt_tokens(body)
-    estimate = prompt + _completion_tokens(body, settings.default_max_tokens)
+    demand = token_demand(params, cls.tokens, settings.default_max_tokens)
+    estimate = demand.total
+    tokens = cls.tokens is not TokenUse.NONE
     limits: list[Limit] = []
     for p in settings.policies:
         if not applies(p, identity, cls, route):
@@ -183,13 +153,14 @@ def plan(settings: QuotaSettings, identity: Identity, cls: Classification, route
         tag = own_tag if p.scope == "tenant" else f"global:{p.name}"
         if p.requests:
             limits.append(_rate(p, "requests", tag, p.requests, 1))
-        if p.tokens:
+        if p.tokens and tokens:
             limits.append(_rate(p, "tokens", tag, p.tokens, estimate))
-        if p.budget:
-            cost = estimate if p.budget.unit is Unit.TOKENS else p.budget.default_cost
-            limits.append(_budget(p, tag, p.budget, cost, now))
+        if p.budget and p.budget.unit is not Unit.TOKENS:
+            limits.append(_budget(p, tag, p.budget, p.budget.default_cost, now))
+        elif p.budget and tokens:
+            limits.append(_budget(p, tag, p.budget, estimate, now))
         if p.concurrency:
             limits.append(Limit(p, "concurrency", f"xq:{{{tag}}}:c:{p.name}", "concurrency",
                                 (str(p.concurrency), str(p.lease_ttl_ms), "", ""),
                                 p.concurrency, "in-flight", 1, tag))
-    return QuotaPlan(own_tag, tuple(limits), estimate, prompt)
+    return QuotaPlan(own_tag, tuple(limits), estimate, demand.prompt)

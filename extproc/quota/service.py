@@ -6,14 +6,13 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
-from extproc.domain.classify import Classification
+from extproc.domain.classify import Classification, TokenUse
 from extproc.domain.identity import Identity
+from extproc.domain.params import RequestParams
 from extproc.quota.local_store import LocalLimiter
-from extproc.quota.plan import QuotaPlan, completion_field, plan, prompt_tokens, tenant_tag
+from extproc.quota.plan import QuotaPlan, plan, tenant_tag
 from extproc.quota.recipe import SettleRecipe
 from extproc.quota.redis_store import RedisQuotaStore, settle_recipe
 from extproc.quota.spec import FailureMode, QuotaSettings
@@ -43,11 +42,12 @@ class QuotaService:
         self._orphans: set[asyncio.Future[bool | None]] = set()
 
     async def admit(self, settings: QuotaSettings, identity: Identity, cls: Classification,
-                    route: str | None, body: Mapping[str, Any] | None, lease_id: str,
+                    route: str | None, params: RequestParams, lease_id: str,
                     leases: bool = True) -> QuotaTicket | None:
-        """``leases=False`` for adapters that never see the request end (ext_authz): a lease
-        nobody can release would hold a slot for its whole TTL, so concurrency caps are skipped."""
-        quota_plan = plan(settings, identity, cls, route, body)
+        """``params``: what the body asks for (its token estimate). ``leases=False`` for adapters
+        that never see the request end (ext_authz): a lease nobody can release would hold a slot
+        for its whole TTL, so concurrency caps are skipped."""
+        quota_plan = plan(settings, identity, cls, route, params)
         if not leases:
             quota_plan = quota_plan.without_leases()
         if not quota_plan:
@@ -90,24 +90,24 @@ class QuotaService:
         orphan.add_done_callback(self._orphans.discard)
 
     async def clamp(self, settings: QuotaSettings, identity: Identity, cls: Classification,
-                    route: str | None, body: Mapping[str, Any] | None, lease_id: str,
-                    refused: Admission) -> tuple[QuotaTicket, dict[str, Any], str] | None:
+                    route: str | None, params: RequestParams, lease_id: str,
+                    refused: Admission) -> tuple[QuotaTicket, int] | None:
         """A token budget refused the request and its policy says ``clamp_max_tokens``:
-        lower the request's completion cap to what the budget has left and admit that
-        instead (a second call, only on this path). None when it cannot fit at all."""
+        lower the request's completion cap (per choice) to what the budget has left and admit
+        that instead (a second call, only on this path). The ticket and the new cap; None when
+        it cannot fit at all."""
         blocking = refused.blocking
-        if (body is None or blocking is None or blocking.limit.dimension != "budget"
+        if (blocking is None or blocking.limit.dimension != "budget" or cls.tokens is not TokenUse.GENERATION
                 or not blocking.limit.policy.clamp_max_tokens or refused.degraded):
             return None
-        field = completion_field(body)
-        allowed = blocking.remaining - prompt_tokens(body)
+        allowed = (blocking.remaining - params.prompt_tokens) // params.choices
         if allowed < _MIN_CLAMPED_TOKENS:
             return None
-        clamped = {**body, field: allowed}
-        ticket = await self.admit(settings, identity, cls, route, clamped, lease_id)
+        ticket = await self.admit(settings, identity, cls, route, replace(params, completion_cap=allowed),
+                                  lease_id)
         if ticket is None or not ticket.admission.admitted:
             return None
-        return ticket, clamped, field
+        return ticket, allowed
 
     async def _degraded(self, settings: QuotaSettings, quota_plan: QuotaPlan, lease_id: str,
                         error: str) -> Admission:

@@ -8,13 +8,14 @@ from redis.asyncio.cluster import RedisCluster
 
 from extproc.domain.classify import Classification, WorkloadClass
 from extproc.domain.identity import Identity
+from extproc.domain.params import read_params
 from extproc.quota.plan import plan
 from extproc.quota.redis_client import client_from_url
 from extproc.quota.redis_store import RedisQuotaStore
 from extproc.quota.spec import Budget, QuotaPolicy, QuotaSettings, Rate
 
 CHAT = Classification(WorkloadClass.INFERENCE, "gpt-4o", "r")
-BODY = {"model": "gpt-4o", "messages": "hello", "max_tokens": 10}
+BODY = read_params({"model": "gpt-4o", "messages": "hello", "max_tokens": 10})
 
 
 async def test_admission_is_exact_and_settles_on_a_cluster(redis_cluster_url: str) -> None:

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from extproc.domain.classify import Classification, WorkloadClass
 from extproc.domain.identity import Identity
+from extproc.domain.params import read_params
 from extproc.quota.breaker import CircuitBreaker
 from extproc.quota.local_store import LocalLimiter
 from extproc.quota.plan import plan
@@ -46,7 +47,7 @@ def redis_server(request: pytest.FixtureRequest, tmp_path):  # type: ignore[no-u
     asyncio.run(flush())
     yield SimpleNamespace(url=url)
 CHAT = Classification(WorkloadClass.INFERENCE, "gpt-4o", "openai-chat")
-BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 100}
+BODY = read_params({"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 100})
 
 
 def settings(*policies: QuotaPolicy, replicas: int = 1) -> QuotaSettings:
@@ -138,7 +139,7 @@ async def test_no_boundary_burst(redis_server) -> None:
 
 async def test_calendar_budget_resets_in_the_tenants_time_zone(redis_server) -> None:
     s = settings(QuotaPolicy("monthly", budget=Budget(500, "month", "Europe/Paris")))
-    small = {"model": "m", "messages": "hi", "max_tokens": 99}  # estimate 100
+    small = read_params({"model": "m", "messages": "hi", "max_tokens": 99})  # estimate 100
     # 31 Jan 23:30 UTC is already 1 Feb 00:30 in Paris.
     jan31 = datetime(2026, 1, 31, 22, 0, tzinfo=UTC)
     store = await store_for(redis_server, now_ms=ms(jan31))
@@ -341,7 +342,7 @@ async def test_no_tenant_can_spend_another_tenants_quota(redis_server) -> None:
 
 def test_units_other_than_tokens_charge_their_default_cost() -> None:
     s = settings(QuotaPolicy("video", budget=Budget(100, "day", unit=Unit.SECONDS, default_cost=8)))
-    p = plan(s, ACME, Classification(WorkloadClass.VIDEO, "sora-2", "x"), "r1", {"prompt": "cat"})
+    p = plan(s, ACME, Classification(WorkloadClass.VIDEO, "sora-2", "x"), "r1", read_params({"prompt": "cat"}))
     assert p.limits[0].cost == 8
 
 
@@ -363,7 +364,7 @@ async def test_gcra_admits_exactly_the_burst_for_awkward_limits(redis_server, li
 async def test_the_refusal_reported_is_the_one_that_admits_last(redis_server) -> None:
     s = settings(QuotaPolicy("both", requests=Rate(1, 60_000, 1), budget=Budget(300, "day")))
     store = await store_for(redis_server, now_ms=ms(datetime(2026, 5, 1, 12, tzinfo=UTC)))
-    small = {"model": "m", "messages": "hi", "max_tokens": 199}  # estimate 200
+    small = read_params({"model": "m", "messages": "hi", "max_tokens": 199})  # estimate 200
     assert (await admit(store, s, "1", body=small)).admitted
     refused = await admit(store, s, "2", body=small)  # rate (60 s) and budget (12 h) both refuse
     assert refused.blocking is not None and refused.blocking.limit.dimension == "budget"

@@ -32,7 +32,7 @@ async def test_admission_through_sentinel(redis_server, tmp_path: Path) -> None:
     try:
         store = RedisQuotaStore(client_from_url(f"redis+sentinel://127.0.0.1:{port}/demo", 1.0), 1.0)
         s = QuotaSettings((QuotaPolicy("rpm", requests=Rate(3, 60_000, 3)),))
-        p = plan(s, Identity(tenant="acme"), Classification(WorkloadClass.INFERENCE, "m", "r"), None, None)
+        p = plan(s, Identity(tenant="acme"), Classification(WorkloadClass.INFERENCE, "m", "r"), None)
         deadline = time.monotonic() + 10
         while True:
             try:

@@ -14,6 +14,7 @@ from extproc.domain.classify import (
     RuleSpec,
     WorkloadClass,
 )
+from extproc.domain.reasons import InvalidRequest, Reason
 
 W = WorkloadClass
 CLASSIFIER = Classifier(BUILTIN_RULES)
@@ -112,9 +113,25 @@ def test_body_conditions_header_model_and_order() -> None:
     assert c.classify("POST", "/jobs/1", "h", {}, None).workload is W.UNKNOWN
 
 
-@pytest.mark.parametrize("bad", ["", "x" * 300, "evil\r\nx-extproc-tenant: root", 42, None, ["a"],
-                                 "gpt 4o", "mod\u00e8le"])
-def test_model_names_that_cannot_go_into_headers_are_dropped(bad) -> None:
-    result = classify("POST", "/v1/chat/completions", {"model": bad})
-    assert result.workload is W.INFERENCE
-    assert result.model is None
+@pytest.mark.parametrize("bad", ["", "x" * 300, "evil\r\nx-extproc-tenant: root", 42, ["gpt-4o"], {"m": 1},
+                                 True, "gpt 4o", "gpt-4o ", " gpt-4o", "gpt-4o\x00", "mod\u00e8le",
+                                 "\uff47\uff50\uff54-4o", "gpt-4o\u200b"])
+def test_model_names_that_are_not_names_are_refused(bad) -> None:
+    """Regression (hardening #2): a trailing space, NUL, a list or full-width characters made the
+    model "no model", escaping model-keyed rules while the upstream served the model anyway."""
+    with pytest.raises(InvalidRequest) as refused:
+        classify("POST", "/v1/chat/completions", {"model": bad})
+    assert refused.value.reason is Reason.INVALID_MODEL and "model" in refused.value.message
+    assert len(refused.value.message) < 400  # bounded, whatever was sent
+
+
+def test_model_names_are_matched_in_lower_case() -> None:
+    """Regression (hardening #2): ``GPT-4o`` matched no model rule and fell through to the class."""
+    result = classify("POST", "/v1/chat/completions", {"model": "GPT-4o"})
+    assert (result.model, result.model_spelling, result.model_field) == ("gpt-4o", "GPT-4o", "model")
+    plain = classify("POST", "/v1/chat/completions", {"model": "gpt-4o"})
+    assert (plain.model, plain.model_spelling) == ("gpt-4o", None)
+    assert classify("POST", "/v1/chat/completions", {"model": None}).model is None  # null: no model
+    gemini = classify("POST", "/v1beta/models/Gemini-2.0-Flash:generateContent", None)
+    assert (gemini.model, gemini.model_spelling, gemini.model_field) == ("gemini-2.0-flash", "Gemini-2.0-Flash",
+                                                                         None)

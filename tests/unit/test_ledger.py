@@ -14,6 +14,7 @@ from extproc.domain.classify import Classification, WorkloadClass
 from extproc.domain.decision import Decision, allow, deny
 from extproc.domain.facts import RequestFacts
 from extproc.domain.identity import Identity
+from extproc.domain.params import read_params
 from extproc.domain.reasons import Reason
 from extproc.domain.usage import Usage, measure_response, measure_stream
 from extproc.ledger.explain import explain
@@ -86,7 +87,7 @@ def _route() -> object:
 
 def _admission(policy: QuotaPolicy, allowed: bool, used: int, remaining: int, retry: int,
                degraded: str | None = None) -> tuple[QuotaTicket, Admission]:
-    p = plan(QuotaSettings((policy,)), ALICE, CHAT, "chat", {"messages": [], "max_tokens": 100})
+    p = plan(QuotaSettings((policy,)), ALICE, CHAT, "chat", read_params({"messages": [], "max_tokens": 100}))
     states = tuple(LimitState(lm, allowed, remaining, retry, 30_000, used, 0) for lm in p.limits)
     admission = Admission(allowed, states, None if allowed else states[0], 0, degraded)
     return QuotaTicket(p, admission), admission
@@ -184,7 +185,7 @@ def test_usage_record_schema_fields() -> None:
 def test_a_class_measured_in_other_units_records_its_configured_cost() -> None:
     video = Classification(WorkloadClass.VIDEO, "sora", "video")
     policy = QuotaPolicy("video-seconds", budget=Budget(3600, "day", unit=Unit.SECONDS, default_cost=30))
-    p = plan(QuotaSettings((policy,)), ALICE, video, "video", {"prompt": "a cat"})
+    p = plan(QuotaSettings((policy,)), ALICE, video, "video", read_params({"prompt": "a cat"}))
     state = LimitState(p.limits[0], True, 3570, 0, 30_000, 30, 0)
     ticket = QuotaTicket(p, Admission(True, (state,), None, 0))
     decision = allow("01video", video, ALICE, _route(), "sora", quota=ticket)  # type: ignore[arg-type]

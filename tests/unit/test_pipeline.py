@@ -157,11 +157,90 @@ async def test_large_bodies_parse_off_the_loop_and_still_classify() -> None:
     assert out.allowed and out.upstream == "pool-b"
 
 
-async def test_multipart_bodies_are_never_buffered() -> None:
-    f = facts("POST", "/v1/videos", **{"content-type": "multipart/form-data; boundary=x"})
-    out = await pipeline().on_request_headers(f)
-    assert not isinstance(out, AwaitingBody)
-    assert out.allowed and out.workload is WorkloadClass.VIDEO and out.model is None
+async def test_forms_are_read_for_their_model() -> None:
+    from tests.unit.test_request_body import FORM_TYPE, TRANSCRIPTION
+
+    f = RequestFacts("POST", "/v1/audio/transcriptions", "gw", {"content-type": FORM_TYPE}, False, "default",
+                     can_rewrite_body=True)
+    out = await decide(pipeline(), f, raw=TRANSCRIPTION.replace(b"whisper-1", b"Gpt-4o"))
+    assert out.allowed and out.model == "gpt-4o" and out.upstream == "pool-b"
+    # The form's model field is rewritten in place to the name decided on.
+    assert b'name="model"\r\n\r\ngpt-4o\r\n' in out.body_rewrite and out.body_rewrite.startswith(b"--")
+
+
+MODEL_RULES = b"""
+listeners: {default: {unknown_requests: deny}}
+access:
+  - {name: gpt-4o-is-paid, match: {model: GPT-4o}, require: {plans: [pro]}}
+  - {name: inference-is-paid, match: {class: inference}, require: {plans: [pro, edge-only]}}
+routing:
+  pools: [p, q]
+  routes:
+    - {id: gpt-4o, model: gpt-4o, pool: q}
+    - {id: inference, class: inference, pool: p}
+    - {id: edge, class: edge_inference, pool: p}
+    - {id: rag, class: rag, pool: p}
+"""
+
+
+@pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=x", "MULTIPART/Form-Data; boundary=x",
+                                          "text/plain", "application/x-www-form-urlencoded"])
+@pytest.mark.parametrize("rewrites", [True, False])
+async def test_a_mislabelled_json_body_is_refused_not_decided_blind(content_type: str, rewrites: bool) -> None:
+    """Regression (hardening #1): with a non-JSON content type the body was never read, so the
+    model rule that refuses this caller never saw gpt-4o, and the upstream served it."""
+    f = RequestFacts("POST", "/v1/chat/completions", "gw", {"content-type": content_type}, False, "default",
+                     can_rewrite_body=rewrites)
+    out = await decide(pipeline(MODEL_RULES), f, {"model": "gpt-4o", "messages": []})
+    assert not out.allowed and out.status in (400, 415)
+    assert out.reason in (Reason.INVALID_FORM, Reason.UNSUPPORTED_MEDIA_TYPE)
+
+
+@pytest.mark.parametrize("model", ["GPT-4o", "gpt-4O", "Gpt-4o"])
+async def test_case_variants_are_the_same_model_to_every_rule(model: str) -> None:
+    """Regression (hardening #2): ``GPT-4o`` matched no model rule and fell through to the class
+    route. Now every rule sees gpt-4o, and the upstream gets the name that was decided on."""
+    ext_proc = RequestFacts("POST", "/v1/chat/completions", "gw", {}, False, "default", can_rewrite_body=True)
+    denied = await decide(pipeline(MODEL_RULES), ext_proc, {"model": model, "messages": []})
+    assert denied.reason is Reason.PLAN_NOT_ALLOWED and denied.policy == "gpt-4o-is-paid"
+    p = pipeline(MODEL_RULES[:MODEL_RULES.index(b"access:")] + MODEL_RULES[MODEL_RULES.index(b"routing:"):])
+    out = await decide(p, ext_proc, {"model": model, "messages": []})
+    assert out.allowed and out.route == "gpt-4o" and out.model == "gpt-4o"
+    assert json.loads(out.body_rewrite)["model"] == "gpt-4o"
+    # ext_authz cannot rewrite the body: a spelling the upstream would read differently is a 400.
+    ext_authz = RequestFacts("POST", "/v1/chat/completions", "gw", {}, False, "authz")
+    refused = await decide(p, ext_authz, {"model": model, "messages": []})
+    assert refused.reason is Reason.INVALID_MODEL and "'gpt-4o'" in refused.message
+
+
+async def test_the_edge_marker_never_escapes_inference_policies() -> None:
+    """Regression (hardening #4): ``x-inference-target: edge`` (or an ``edge.*`` host) made a chat
+    request edge_inference, outside every policy keyed on class inference."""
+    p = pipeline(MODEL_RULES.replace(b"{name: gpt-4o-is-paid", b"{name: unused"))
+    for headers, host in (({"x-inference-target": "edge"}, "gw"), ({}, "edge.gw.example")):
+        f = RequestFacts("POST", "/v1/chat/completions", host, headers, False, "default")
+        out = await decide(p, f, {"model": "phi-3", "messages": []})
+        assert out.workload is WorkloadClass.EDGE_INFERENCE
+        assert out.reason is Reason.PLAN_NOT_ALLOWED and out.policy == "inference-is-paid"
+    # Embeddings cannot be marked edge at all (edge inference is inference for policy).
+    marked = RequestFacts("POST", "/v1/embeddings", "gw", {"x-inference-target": "edge"}, False, "default")
+    rag = await decide(p, marked, {"model": "e5", "input": "x"})
+    assert rag.allowed and rag.workload is WorkloadClass.RAG
+
+
+async def test_apis_that_generate_nothing_reserve_no_tokens() -> None:
+    """Regression (hardening #6): ``GET /v1/models`` reserved 256 tokens and count_tokens 264."""
+    p = pipeline(b"""
+routing: {pools: [p], routes: [{pool: p}]}
+quotas:
+  default_max_tokens: 256
+  policies: [{name: all, budget: {limit: 1000, period: day}, on_store_failure: open}]
+""")
+    models = await p.on_request_headers(facts("GET", "/v1/models", eos=True))
+    assert not isinstance(models, AwaitingBody) and models.allowed and models.estimate_tokens == 0
+    count = await decide(p, facts("POST", "/v1/messages/count_tokens"),
+                         {"model": "claude-3-5-sonnet", "messages": [{"role": "user", "content": "hi"}]})
+    assert count.allowed and count.estimate_tokens == 0
 
 
 async def test_edge_markers_do_not_turn_other_paths_into_inference() -> None:
