@@ -53,6 +53,7 @@ class DemoPool:
         app.router.add_post("/v1/completions", self.chat)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/messages", self.anthropic)
+        app.router.add_post("/v1/audio/transcriptions", self.transcription)
         app.router.add_post("/__demo/release/{token}", self.release)
         app.router.add_route("*", "/{tail:.*}", self.echo)
         return app
@@ -156,6 +157,16 @@ class DemoPool:
             },
             headers=self._headers(request),
         )
+
+    async def transcription(self, request: web.Request) -> web.Response:
+        """A form, as OpenAI's transcription API takes it: the model is a form field."""
+        form = await request.post()
+        model = form.get("model")
+        audio = form.get("file")
+        size = len(audio.file.read()) if isinstance(audio, web.FileField) else 0
+        return web.json_response({"text": f"{size} bytes of audio, transcribed by {self.name}",
+                                  "model": model if isinstance(model, str) else "unknown"},
+                                 headers=self._headers(request))
 
     async def release(self, request: web.Request) -> web.Response:
         self._holds.setdefault(request.match_info["token"], asyncio.Event()).set()

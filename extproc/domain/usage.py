@@ -12,7 +12,29 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
+
+
+class ResponseEnd(Enum):
+    """How a response ended, as far as the gateway saw it (the record's ``end``; the proto's
+    ``ResponseEnd`` says the same of each value)."""
+
+    COMPLETE = "complete"  # its end of stream was seen: the whole body passed to the client
+    INTERRUPTED = "interrupted"  # it started, but the request ended before its end of stream
+    NO_RESPONSE = "no_response"  # the request ended before any response started
+    NOT_OBSERVED = "not_observed"  # the gateway does not watch this response to its end
+
+    @classmethod
+    def seen(cls, started: bool, watched: bool, reached_end: bool) -> ResponseEnd:
+        """From what one stream saw: whether the response ``started`` (headers), whether it
+        ``watched`` the response to its end (it was reading the body), and whether it
+        ``reached_end`` (an end of stream, in the headers or the body)."""
+        if reached_end:
+            return cls.COMPLETE
+        if not started:
+            return cls.NO_RESPONSE
+        return cls.INTERRUPTED if watched else cls.NOT_OBSERVED
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from extproc.domain.reasons import Reason
 from extproc.ledger.query import Found
-from extproc.ledger.records import SOURCE_NAMES, DecisionRecord, PolicyEvaluation, UsageRecord
+from extproc.ledger.records import SOURCE_NAMES, DecisionRecord, PolicyEvaluation, UsageRecord, end_name
 
 _WHY = {
     401: "the caller did not prove who it is (authentication failed)",
@@ -144,6 +144,6 @@ def _usage_lines(u: UsageRecord) -> list[str]:
     if u.streamed and u.ttft_ms:
         timing += f", first token after {u.ttft_ms} ms"
     lines.append(f"Response: status {u.status or '-'}, {'streamed' if u.streamed else 'not streamed'}, "
-                 f"{timing}, ended {u.ended!r} after {u.total_ms} ms; served by {u.upstream or '-'} as "
+                 f"{timing}, ended {end_name(u)!r} after {u.total_ms} ms; served by {u.upstream or '-'} as "
                  f"model {u.model_served or u.model_requested or '-'}.")
     return lines

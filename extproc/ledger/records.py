@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from extproc.domain.decision import Decision
 from extproc.domain.facts import RequestFacts
-from extproc.domain.usage import Measured
+from extproc.domain.usage import Measured, ResponseEnd
 from extproc.ledger.v1 import ledger_pb2 as pb
 
 UsageRecord = pb.UsageRecord
@@ -26,7 +26,21 @@ SOURCES = {
     "configured": pb.USAGE_SOURCE_CONFIGURED,
 }
 SOURCE_NAMES = {value: name for name, value in SOURCES.items()}
+ENDS = {
+    ResponseEnd.COMPLETE: pb.RESPONSE_END_COMPLETE,
+    ResponseEnd.INTERRUPTED: pb.RESPONSE_END_INTERRUPTED,
+    ResponseEnd.NO_RESPONSE: pb.RESPONSE_END_NO_RESPONSE,
+    ResponseEnd.NOT_OBSERVED: pb.RESPONSE_END_NOT_OBSERVED,
+}
+END_NAMES = {value: end.value for end, value in ENDS.items()}
 _MAX_PATH = 256
+_INT64_MAX = (1 << 63) - 1
+
+
+def _int64(value: int) -> int:
+    """A count for an int64 field: a value the schema cannot hold is saturated, never allowed to
+    cost the record (a record with a bad value is still a record)."""
+    return max(-_INT64_MAX - 1, min(_INT64_MAX, int(value)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +57,7 @@ class Timing:
 
 
 def usage_record(meta: Mapping[str, str], measured: Measured, *, charged_tokens: int, status: int,
-                 streamed: bool, ended: str, timing: Timing, adapter: str, now_ms: int,
+                 streamed: bool, end: ResponseEnd, timing: Timing, adapter: str, now_ms: int,
                  cost: tuple[str, int] | None = None) -> pb.UsageRecord:
     """``meta``: the decision's metadata (``Decision.metadata()``). ``cost``: the configured
     cost unit and units charged, for classes measured in other units than tokens."""
@@ -58,26 +72,26 @@ def usage_record(meta: Mapping[str, str], measured: Measured, *, charged_tokens:
         model_served=meta.get("model_served", ""),
         upstream=meta.get("upstream", ""),
         route=meta.get("route", ""),
-        route_version=int(meta.get("route_version") or 0),
+        route_version=_int64(int(meta.get("route_version") or 0)),
         source=SOURCES[measured.source],
-        charged_tokens=charged_tokens,
+        charged_tokens=_int64(charged_tokens),
         status=status,
         streamed=streamed,
         ttfb_ms=timing.ms(timing.headers),
         ttft_ms=timing.ms(timing.first_body),
         total_ms=timing.ms(timing.ended),
-        ended=ended,
+        end=ENDS[end],
         adapter=adapter,
         degraded=meta.get("degraded", ""),
         plan=meta.get("plan", ""),
     )
     tokens = record.tokens
-    tokens.total = measured.total_tokens
+    tokens.total = _int64(measured.total_tokens)
     if usage is not None:
-        tokens.prompt, tokens.completion = usage.prompt_tokens, usage.completion_tokens
-        tokens.cached, tokens.reasoning = usage.cached_tokens, usage.reasoning_tokens
+        tokens.prompt, tokens.completion = _int64(usage.prompt_tokens), _int64(usage.completion_tokens)
+        tokens.cached, tokens.reasoning = _int64(usage.cached_tokens), _int64(usage.reasoning_tokens)
     if cost is not None:
-        record.cost_unit, record.cost_units = cost
+        record.cost_unit, record.cost_units = cost[0], _int64(cost[1])
     return record
 
 
@@ -101,11 +115,11 @@ def decision_record(decision: Decision, facts: RequestFacts, *, adapter: str, tr
         model_requested=decision.model or "",
         model_served=decision.model_served or "",
         route=decision.route or "",
-        route_version=decision.route_version or 0,
+        route_version=_int64(decision.route_version or 0),
         upstream=decision.upstream or "",
         deciding_policy=decision.policy or "",
         degraded=decision.degraded or "",
-        estimate_tokens=decision.estimate_tokens,
+        estimate_tokens=_int64(decision.estimate_tokens),
         trace_id=trace_id or "",
         max_tokens_clamped=decision.clamped,
     )
@@ -118,10 +132,10 @@ def decision_record(decision: Decision, facts: RequestFacts, *, adapter: str, tr
         for state in decision.admission.states:
             limit = state.limit
             record.policies.add(
-                policy=limit.policy.name, dimension=limit.dimension, limit=limit.limit,
-                window=limit.window, cost=limit.cost, used=state.used, remaining=state.remaining,
-                reset_ms=state.reset_ms, retry_ms=state.retry_ms, allowed=state.allowed,
-                enforced=limit.policy.enforce)
+                policy=limit.policy.name, dimension=limit.dimension, limit=_int64(limit.limit),
+                window=limit.window, cost=_int64(limit.cost), used=_int64(state.used),
+                remaining=_int64(state.remaining), reset_ms=_int64(state.reset_ms),
+                retry_ms=_int64(state.retry_ms), allowed=state.allowed, enforced=limit.policy.enforce)
     return record
 
 
@@ -145,3 +159,8 @@ def charged_tokens(decision: Decision, measured: Measured, counts_tokens: bool, 
     if not counts_tokens or decision.degraded:
         return 0
     return measured.total_tokens if settled is not None else decision.estimate_tokens
+
+
+def end_name(record: pb.UsageRecord) -> str:
+    """How the record's response ended, in words (records of earlier releases: their own text)."""
+    return END_NAMES.get(record.end) or record.ended or "unknown"

@@ -81,9 +81,9 @@ class LedgerWriter:
             return  # not even built
         try:
             record = build()
-        except Exception:
+        except Exception as exc:
             RECORDS.labels("usage", "invalid").inc()
-            log.exception("usage record could not be built; dropped")
+            log.error("usage record could not be built; dropped", extra={"error": _bounded(exc)})
             return
         self._queue(record, settings)
 
@@ -147,10 +147,10 @@ class LedgerWriter:
             try:
                 self._add_decision(pipe, item, settings)
                 counts["decision"] += 1
-            except Exception:  # one bad record must not hold back the ones behind it
+            except Exception as exc:  # one bad record must not hold back the ones behind it
                 RECORDS.labels("decision", "invalid").inc()
-                log.exception("decision record could not be built; dropped",
-                              extra={"decision_id": item.decision.decision_id})
+                log.error("decision record could not be built; dropped",
+                          extra={"decision_id": item.decision.decision_id, "error": _bounded(exc)})
         if counts["usage"]:
             pipe.xtrim(USAGE_STREAM, minid=str(now_ms - settings.usage_max_age_s * 1000), approximate=True)
         await pipe.execute()
@@ -190,3 +190,8 @@ class LedgerWriter:
         except Exception as exc:
             log.warning("records not written at shutdown", extra={
                 "pending": len(self._pending), "error": f"{type(exc).__name__}: {exc}"[:200]})
+
+
+def _bounded(exc: Exception) -> str:
+    """What went wrong, without copying a value from the request whole into the log."""
+    return f"{type(exc).__name__}: {str(exc)[:200]}"

@@ -8,7 +8,7 @@ import grpc
 
 from extproc.domain.decision import Decision
 from extproc.domain.facts import RequestFacts
-from extproc.domain.usage import measure_response
+from extproc.domain.usage import ResponseEnd, measure_response
 from extproc.envoy_api import ext_authz as codec
 from extproc.ledger.records import Timing, charged_tokens, cost_units, usage_record
 from extproc.ledger.writer import LedgerWriter
@@ -64,5 +64,5 @@ class AuthorizationService(codec.Servicer):  # type: ignore[misc]
         started = time.monotonic() - timer.total
         ledger.usage_from(lambda: usage_record(
             decision.metadata(), measured, charged_tokens=charged, status=0, streamed=False,
-            ended="not_observed", timing=Timing(started), adapter=_ADAPTER,
+            end=ResponseEnd.NOT_OBSERVED, timing=Timing(started), adapter=_ADAPTER,
             now_ms=int(time.time() * 1000), cost=cost_units(decision)))

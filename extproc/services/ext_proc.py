@@ -13,7 +13,7 @@ import grpc
 from extproc.domain.decision import Decision
 from extproc.domain.facts import RequestFacts
 from extproc.domain.sse_usage import SseUsageReader, StreamUsage
-from extproc.domain.usage import Measured, Usage, measure_response, measure_stream
+from extproc.domain.usage import Measured, ResponseEnd, Usage, measure_response, measure_stream
 from extproc.envoy_api import ext_proc as codec
 from extproc.ledger.records import Timing, charged_tokens, cost_units, usage_record
 from extproc.ledger.writer import LedgerWriter
@@ -41,7 +41,8 @@ _UNREADABLE = RequestFacts(method="", path="", host="", headers={})
 class _Stream:
     """What outlives one ext_proc stream's loop: the decision to settle and what the response showed."""
 
-    __slots__ = ("decision", "ended", "first_body", "response_at", "started", "status", "usage")
+    __slots__ = ("decision", "first_body", "reached_end", "reading_body", "response_at", "started", "status",
+                 "usage")
 
     def __init__(self) -> None:
         self.decision: Decision | None = None
@@ -51,9 +52,16 @@ class _Stream:
         self.started = time.monotonic()
         self.response_at: float | None = None
         self.first_body: float | None = None
-        #: How the stream ended: "complete" (we saw the response end), "not_observed" (Envoy
-        #: closed the stream; the body was not ours to read), "aborted" (cancelled early).
-        self.ended = "not_observed"
+        #: This stream asked for the response body (a JSON answer whose usage it reads).
+        self.reading_body = False
+        #: It saw the response's end of stream (in the headers, or the body it read).
+        self.reached_end = False
+
+    @property
+    def end(self) -> ResponseEnd:
+        """How the response ended, from what this stream saw. Envoy closes an ext_proc stream
+        with a reset whether or not the request completed, so only what was seen counts."""
+        return ResponseEnd.seen(self.response_at is not None, self.reading_body, self.reached_end)
 
 
 class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
@@ -75,12 +83,9 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
         try:
             await self._process(context, stream, listener)
         except (asyncio.CancelledError, grpc.aio.AbortError):
-            # Envoy cancels the stream when the client goes away or the request
-            # ends early: a normal end, nothing to report.
-            stream.ended = "aborted"
+            # Envoy resets the stream when the request is over, complete or not: a normal end.
             return
         except grpc.aio.UsageError:
-            stream.ended = "aborted"
             return  # write after the RPC finished (cancelled under us)
         finally:
             STREAMS_OPEN.dec()
@@ -125,7 +130,8 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
         # Settled here (the usage stream never came), or the store could not be reached by
         # either stream: the counters keep the estimate, and this record says so.
         USAGE_SETTLEMENTS.labels("admitting_stream").inc()
-        stream.ended = "no_usage_stream"
+        log.info("streamed response settled with its estimate by the deciding stream (no usage stream)",
+                 extra={"decision_id": decision.decision_id, "status": stream.status})
         self._record(decision, stream, ended_at, measured,
                      charged_tokens(decision, measured, recipe.counts_tokens, settled), streamed=True)
 
@@ -136,7 +142,7 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
         timing = Timing(stream.started, stream.response_at, stream.first_body, ended_at)
         self._ledger.usage_from(lambda: usage_record(
             decision.metadata(), measured, charged_tokens=charged, status=stream.status, streamed=streamed,
-            ended=stream.ended, timing=timing, adapter=_ADAPTER, now_ms=int(time.time() * 1000),
+            end=stream.end, timing=timing, adapter=_ADAPTER, now_ms=int(time.time() * 1000),
             cost=cost_units(decision)))
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
@@ -209,9 +215,10 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
                 "decision_id": meta.get("decision_id"), "source": source, "tokens": measured.total_tokens,
                 "completed": seen.completed and ended, "events": seen.events, "status": status})
         if self._ledger is not None:
-            how = "complete" if ended and seen.completed else "no_usage_event" if ended else "interrupted"
+            # This stream reads the body from its first chunk: it saw the response start.
+            end = ResponseEnd.seen(True, True, ended)
             self._ledger.usage_from(lambda: usage_record(
-                meta, measured, charged_tokens=charged, status=status, streamed=True, ended=how,
+                meta, measured, charged_tokens=charged, status=status, streamed=True, end=end,
                 timing=timing, adapter=_ADAPTER, now_ms=int(time.time() * 1000)))
 
     def _decided(self, decision: Decision, facts: RequestFacts, timer: PhaseTimer,
@@ -268,8 +275,7 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
             elif kind == "response_headers":
                 stream.response_at = time.monotonic()
                 stream.status = codec.response_status(request.response_headers)
-                if request.response_headers.end_of_stream:
-                    stream.ended = "complete"
+                stream.reached_end = request.response_headers.end_of_stream
                 # A local reply (e.g. Envoy's request timeout) may come while we still wait
                 # for the body: the id we already made names the request all the same.
                 if decision is not None:
@@ -279,6 +285,7 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
                                                          and decision.quota.plan.counts_tokens))
                             and facts is not None and facts.method == "POST"
                             and codec.response_is_json(request.response_headers))
+                    stream.reading_body = read
                     response = codec.response_headers(decision.client_headers(), read_body=read)
                 else:
                     waiting = [("x-extproc-decision-id", pending.decision_id)] if pending else []
@@ -287,7 +294,7 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
                 body = request.response_body
                 stream.first_body = stream.first_body or time.monotonic()
                 if body.end_of_stream:  # complete: a cut body keeps the estimate
-                    stream.ended = "complete"
+                    stream.reached_end = True
                     stream.usage = await self._pipeline.response_usage(body.body)
                 response = codec.passthrough(kind)
             else:

@@ -8,6 +8,22 @@ import sys
 import time
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+#: Log lines bound what they copy: a field's text, and a traceback, are cut at these lengths
+#: (values can come from requests; a line must stay a line a collector takes).
+MAX_FIELD_CHARS = 1024
+MAX_EXCEPTION_CHARS = 8192
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}…(+{len(text) - limit} chars)"
+
+
+def _field(value: object) -> object:
+    if isinstance(value, str):
+        return _bounded(value, MAX_FIELD_CHARS)
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"<a number of {value.bit_length()} bits>"
+    return value
 
 
 class JsonFormatter(logging.Formatter):
@@ -17,13 +33,13 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _bounded(record.getMessage(), MAX_FIELD_CHARS),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
+                out[key] = _field(value)
         if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+            out["exception"] = _bounded(self.formatException(record.exc_info), MAX_EXCEPTION_CHARS)
         return json.dumps(out, default=str)
 
 

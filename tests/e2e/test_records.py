@@ -18,8 +18,13 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from extproc.ledger.records import SOURCE_NAMES, UsageRecord
+from extproc.ledger.records import SOURCE_NAMES, UsageRecord, end_name
 from extproc.ledger.spec import USAGE_STREAM
+from extproc.ledger.v1.ledger_pb2 import (
+    RESPONSE_END_COMPLETE,
+    RESPONSE_END_INTERRUPTED,
+    RESPONSE_END_NOT_OBSERVED,
+)
 from extproc.quota.plan import tenant_tag
 from tests.e2e.stack import Stack, start_stack
 
@@ -147,14 +152,19 @@ def test_records_reconcile_with_the_counters_over_a_mixed_run(stack: Stack) -> N
     assert sources == {"json-0": "reported", "json-500": "upstream_error", "sse-0": "reported",
                        "sse-gone": "estimated"}
     no_body = by_id[ids["sse-204"]]
-    assert (no_body.ended, SOURCE_NAMES[no_body.source], no_body.status) == ("no_usage_stream", "estimated", 204)
+    # Its end was seen (a 204 ends in its headers); the usage was not (estimated).
+    assert (end_name(no_body), SOURCE_NAMES[no_body.source], no_body.status) == ("complete", "estimated", 204)
     assert no_body.charged_tokens == no_body.tokens.total > 40  # the estimate (prompt + max_tokens), kept
     gone = by_id[ids["sse-gone"]]
-    assert 0 < gone.tokens.total < 900 and gone.streamed and gone.ended == "interrupted"
+    assert 0 < gone.tokens.total < 900 and gone.streamed and gone.end == RESPONSE_END_INTERRUPTED
     ok = by_id[ids["sse-0"]]
-    assert ok.status == 200 and ok.ended == "complete" and ok.total_ms >= ok.ttft_ms >= ok.ttfb_ms >= 0
+    assert ok.status == 200 and ok.end == RESPONSE_END_COMPLETE and ok.total_ms >= ok.ttft_ms >= ok.ttfb_ms >= 0
     assert ok.tokens.prompt > 0 and ok.tokens.completion > 0 and ok.route and ok.upstream
     assert by_id[ids["json-500"]].charged_tokens == 0
+    assert {by_id[ids[f"json-{i}"]].end for i in range(3)} == {RESPONSE_END_COMPLETE}
+    authz = [r for r in records if r.adapter == "ext_authz"]
+    assert len(authz) == 1 and authz[0].end == RESPONSE_END_NOT_OBSERVED
+    assert not any(r.ended for r in records)  # the old free-text field is no longer written
     # The reconciliation: what the records say was charged is what the counter holds.
     counter = budget_used(stack, tenant, "pro")
     assert counter > 0
@@ -184,6 +194,25 @@ def test_records_reconcile_with_the_counters_over_a_mixed_run(stack: Stack) -> N
     assert status == 200 and body["usage"]["source"] == "USAGE_SOURCE_UPSTREAM_ERROR"
     assert body["decision"]["tenant"] == tenant and "token" not in json.dumps(body["decision"]).lower().replace(
         "estimate_tokens", "").replace("max_tokens_clamped", "")
+
+
+def test_every_delivered_json_response_is_recorded_complete(stack: Stack) -> None:
+    """Regression (hardening #9): fully delivered JSON responses (200, usage reported, the whole
+    body at the client) were sometimes recorded as ``aborted``: Envoy resets the ext_proc stream
+    when the request is over, and that reset overwrote the end the stream had seen."""
+    tenant = "ends"
+    token = stack.token(tenant=tenant, plan="pro")
+    ids = []
+    for _ in range(30):
+        status, headers, body = post(stack, token, {"model": "gpt-4o-mini", "messages": [{"role": "user",
+                                                                                         "content": "hi"}]})
+        assert status == 200 and json.loads(body)["usage"]["total_tokens"] > 0
+        ids.append(headers["x-extproc-decision-id"])
+    wait_for(lambda: len(usage_records(stack, tenant)) >= len(ids), "usage records missing")
+    by_id = {r.decision_id: r for r in usage_records(stack, tenant)}
+    ends = [end_name(by_id[i]) for i in ids]
+    assert ends == ["complete"] * len(ids)
+    assert {SOURCE_NAMES[by_id[i].source] for i in ids} == {"reported"}
 
 
 def test_admin_records_api_needs_the_admin_token(stack: Stack) -> None:

@@ -17,7 +17,7 @@ from extproc.domain.facts import RequestFacts
 from extproc.domain.identity import Identity
 from extproc.domain.ids import new_decision_id
 from extproc.domain.reasons import Reason
-from extproc.domain.usage import Usage, measure_response
+from extproc.domain.usage import ResponseEnd, Usage, measure_response
 from extproc.ledger.query import budgets_left, find_decision, usage_report
 from extproc.ledger.records import Timing, usage_record
 from extproc.ledger.spec import USAGE_STREAM, RecordSettings, decision_key, keeps_allowed
@@ -35,7 +35,7 @@ def usage(decision_id: str, tenant: str = "acme", total: int = 10, model: str = 
     meta = {"decision_id": decision_id, "tenant": tenant, "class": "inference", "model": model,
             "model_served": model, "route": "chat", "route_version": "3", "upstream": "pool-a"}
     return usage_record(meta, measure_response(200, Usage(total - 2, 2), total), charged_tokens=total,
-                        status=200, streamed=False, ended="complete", timing=Timing(0.0, 0.1, 0.1, 0.2),
+                        status=200, streamed=False, end=ResponseEnd.COMPLETE, timing=Timing(0.0, 0.1, 0.1, 0.2),
                         adapter="ext_proc", now_ms=int(time.time() * 1000))
 
 

@@ -16,7 +16,7 @@ from extproc.domain.facts import RequestFacts
 from extproc.domain.identity import Identity
 from extproc.domain.params import read_params
 from extproc.domain.reasons import Reason
-from extproc.domain.usage import Usage, measure_response, measure_stream
+from extproc.domain.usage import ResponseEnd, Usage, measure_response, measure_stream
 from extproc.ledger.explain import explain
 from extproc.ledger.query import Found, parse_since
 from extproc.ledger.records import SOURCE_NAMES, Timing, cost_units, decision_record, usage_record
@@ -103,7 +103,7 @@ def test_explain_an_allow_with_its_usage() -> None:
     ticket, _ = _admission(QuotaPolicy("pro", budget=Budget(1000, "day")), True, 130, 870, 0)
     decision = allow("01allow", CHAT, ALICE, _route(), "gpt-4o", quota=ticket)  # type: ignore[arg-type]
     usage = usage_record(decision.metadata(), measure_response(200, Usage(80, 40), 130), charged_tokens=120,
-                         status=200, streamed=False, ended="complete", timing=Timing(0.0, 0.2, 0.2, 0.5),
+                         status=200, streamed=False, end=ResponseEnd.COMPLETE, timing=Timing(0.0, 0.2, 0.2, 0.5),
                          adapter="ext_proc", now_ms=1_795_000_000_500)
     text = _story(decision, usage)
     assert "ALLOWED" in text and "tenant 'acme', subject 'alice', plan 'pro'" in text
@@ -191,7 +191,7 @@ def test_a_class_measured_in_other_units_records_its_configured_cost() -> None:
     decision = allow("01video", video, ALICE, _route(), "sora", quota=ticket)  # type: ignore[arg-type]
     assert cost_units(decision) == ("seconds", 30)
     record = usage_record(decision.metadata(), measure_response(200, None, 0), charged_tokens=0, status=200,
-                          streamed=False, ended="complete", timing=Timing(0.0), adapter="ext_proc", now_ms=0,
+                          streamed=False, end=ResponseEnd.COMPLETE, timing=Timing(0.0), adapter="ext_proc", now_ms=0,
                           cost=cost_units(decision))
     assert (record.cost_unit, record.cost_units, SOURCE_NAMES[record.source]) == ("seconds", 30, "configured")
     assert "Cost: 30 seconds." in explain(Found(None, record), "01video")
@@ -202,3 +202,39 @@ def test_absurd_token_counts_are_not_usage() -> None:
 
     assert usage_from_object({"prompt_tokens": 2**70, "completion_tokens": 1}) is None
     assert usage_from_object({"input_tokens": 5, "output_tokens": 2**60}) is None
+
+
+def test_a_record_with_a_value_the_schema_cannot_hold_is_still_built() -> None:
+    """Regression (hardening #8): a cost of 10**300 dropped the decision record ("could not be
+    built") and wrote the 300-digit number to the error log. Counts saturate instead."""
+    huge = 10**300
+    _, admission = _admission(QuotaPolicy("tpm", tokens=Rate(1000, 60_000, 1000)), False, 0, 1000, -1)
+    limit = admission.states[0].limit
+    from dataclasses import replace
+
+    bad_limit = replace(limit, cost=huge)
+    bad_state = replace(admission.states[0], limit=bad_limit, used=huge)
+    bad = Admission(False, (bad_state,), bad_state, 0)
+    decision = deny("01huge", Reason.RATE_LIMITED, "over", CHAT, ALICE, admission=bad)
+    record = decision_record(decision, FACTS, adapter="ext_proc", trace_id=None, now_ms=0)
+    assert record.policies[0].cost == record.policies[0].used == (1 << 63) - 1
+    usage = usage_record({"decision_id": "01huge", "route_version": str(huge)}, measure_response(200, None, huge),
+                         charged_tokens=huge, status=200, streamed=False, end=ResponseEnd.NOT_OBSERVED,
+                         timing=Timing(0.0), adapter="ext_authz", now_ms=0)
+    assert usage.charged_tokens == usage.tokens.total == usage.route_version == (1 << 63) - 1
+
+
+def test_log_lines_bound_what_they_copy() -> None:
+    import json as json_module
+    import logging
+
+    from extproc.telemetry.logging import MAX_FIELD_CHARS, JsonFormatter
+
+    record = logging.LogRecord("extproc.test", logging.ERROR, __file__, 1, "x" * 5000, None, None)
+    record.detail = "9" * 5000
+    record.number = 10**300
+    record.kids = ["a", "b"]
+    line = JsonFormatter().format(record)
+    doc = json_module.loads(line)
+    assert len(doc["msg"]) < MAX_FIELD_CHARS + 40 and len(doc["detail"]) < MAX_FIELD_CHARS + 40
+    assert "9" * 100 not in doc["number"] and doc["kids"] == ["a", "b"]

@@ -14,11 +14,24 @@ class UsageSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     USAGE_SOURCE_ESTIMATED: _ClassVar[UsageSource]
     USAGE_SOURCE_UPSTREAM_ERROR: _ClassVar[UsageSource]
     USAGE_SOURCE_CONFIGURED: _ClassVar[UsageSource]
+
+class ResponseEnd(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESPONSE_END_UNSPECIFIED: _ClassVar[ResponseEnd]
+    RESPONSE_END_COMPLETE: _ClassVar[ResponseEnd]
+    RESPONSE_END_INTERRUPTED: _ClassVar[ResponseEnd]
+    RESPONSE_END_NO_RESPONSE: _ClassVar[ResponseEnd]
+    RESPONSE_END_NOT_OBSERVED: _ClassVar[ResponseEnd]
 USAGE_SOURCE_UNSPECIFIED: UsageSource
 USAGE_SOURCE_REPORTED: UsageSource
 USAGE_SOURCE_ESTIMATED: UsageSource
 USAGE_SOURCE_UPSTREAM_ERROR: UsageSource
 USAGE_SOURCE_CONFIGURED: UsageSource
+RESPONSE_END_UNSPECIFIED: ResponseEnd
+RESPONSE_END_COMPLETE: ResponseEnd
+RESPONSE_END_INTERRUPTED: ResponseEnd
+RESPONSE_END_NO_RESPONSE: ResponseEnd
+RESPONSE_END_NOT_OBSERVED: ResponseEnd
 
 class Tokens(_message.Message):
     __slots__ = ("prompt", "completion", "total", "cached", "reasoning")
@@ -35,7 +48,7 @@ class Tokens(_message.Message):
     def __init__(self, prompt: _Optional[int] = ..., completion: _Optional[int] = ..., total: _Optional[int] = ..., cached: _Optional[int] = ..., reasoning: _Optional[int] = ...) -> None: ...
 
 class UsageRecord(_message.Message):
-    __slots__ = ("decision_id", "time_unix_ms", "tenant", "subject", "workload_class", "model_requested", "model_served", "upstream", "route", "route_version", "tokens", "source", "charged_tokens", "cost_unit", "cost_units", "status", "streamed", "ttfb_ms", "ttft_ms", "total_ms", "ended", "adapter", "degraded", "plan")
+    __slots__ = ("decision_id", "time_unix_ms", "tenant", "subject", "workload_class", "model_requested", "model_served", "upstream", "route", "route_version", "tokens", "source", "charged_tokens", "cost_unit", "cost_units", "status", "streamed", "ttfb_ms", "ttft_ms", "total_ms", "ended", "adapter", "degraded", "plan", "end")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +73,7 @@ class UsageRecord(_message.Message):
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     time_unix_ms: int
     tenant: str
@@ -84,7 +98,8 @@ class UsageRecord(_message.Message):
     adapter: str
     degraded: str
     plan: str
-    def __init__(self, decision_id: _Optional[str] = ..., time_unix_ms: _Optional[int] = ..., tenant: _Optional[str] = ..., subject: _Optional[str] = ..., workload_class: _Optional[str] = ..., model_requested: _Optional[str] = ..., model_served: _Optional[str] = ..., upstream: _Optional[str] = ..., route: _Optional[str] = ..., route_version: _Optional[int] = ..., tokens: _Optional[_Union[Tokens, _Mapping]] = ..., source: _Optional[_Union[UsageSource, str]] = ..., charged_tokens: _Optional[int] = ..., cost_unit: _Optional[str] = ..., cost_units: _Optional[int] = ..., status: _Optional[int] = ..., streamed: _Optional[bool] = ..., ttfb_ms: _Optional[int] = ..., ttft_ms: _Optional[int] = ..., total_ms: _Optional[int] = ..., ended: _Optional[str] = ..., adapter: _Optional[str] = ..., degraded: _Optional[str] = ..., plan: _Optional[str] = ...) -> None: ...
+    end: ResponseEnd
+    def __init__(self, decision_id: _Optional[str] = ..., time_unix_ms: _Optional[int] = ..., tenant: _Optional[str] = ..., subject: _Optional[str] = ..., workload_class: _Optional[str] = ..., model_requested: _Optional[str] = ..., model_served: _Optional[str] = ..., upstream: _Optional[str] = ..., route: _Optional[str] = ..., route_version: _Optional[int] = ..., tokens: _Optional[_Union[Tokens, _Mapping]] = ..., source: _Optional[_Union[UsageSource, str]] = ..., charged_tokens: _Optional[int] = ..., cost_unit: _Optional[str] = ..., cost_units: _Optional[int] = ..., status: _Optional[int] = ..., streamed: _Optional[bool] = ..., ttfb_ms: _Optional[int] = ..., ttft_ms: _Optional[int] = ..., total_ms: _Optional[int] = ..., ended: _Optional[str] = ..., adapter: _Optional[str] = ..., degraded: _Optional[str] = ..., plan: _Optional[str] = ..., end: _Optional[_Union[ResponseEnd, str]] = ...) -> None: ...
 
 class PolicyEvaluation(_message.Message):
     __slots__ = ("policy", "dimension", "limit", "window", "cost", "used", "remaining", "reset_ms", "retry_ms", "allowed", "enforced")
