@@ -112,13 +112,13 @@ class JwtAuthenticator:
         if alg not in spec.algorithms:
             raise TokenError(Reason.ALGORITHM_NOT_ALLOWED, f"algorithm {alg[:16]!r} is not accepted")
         if keys.keyset is None:
-            await keys.refetch_for_unknown_kid(self._unknown_kid_wait)
+            await keys.refetch_for_unknown_kid(None, self._unknown_kid_wait)
             if keys.keyset is None:
                 raise IdentityUnavailable(f"no keys for issuer {spec.name} yet")
         candidates = keys.keyset.candidates(parsed.kid, alg)
         if not candidates and (parsed.kid is None or parsed.kid not in keys.keyset.by_kid):
-            # Perhaps a key the issuer just rotated in: refetch (rate-limited).
-            await keys.refetch_for_unknown_kid(self._unknown_kid_wait)
+            # Perhaps a key the issuer just rotated in: refetch (shared, rate-limited, bounded wait).
+            await keys.refetch_for_unknown_kid(parsed.kid, self._unknown_kid_wait)
             candidates = keys.keyset.candidates(parsed.kid, alg)
         if not candidates:
             if parsed.kid is not None and parsed.kid in keys.keyset.by_kid:

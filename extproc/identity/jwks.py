@@ -3,7 +3,10 @@
 Nothing here runs on a request's path except ``refetch_for_unknown_kid``, which
 starts at most one fetch per cooldown window per issuer (a flood of random
 ``kid`` values is not a flood of fetches) and lets the caller wait a bounded
-time for it. When the issuer is down the last good keys keep serving.
+time for it: only within the first ``wait`` seconds of that fetch, so while the
+issuer hangs, requests stop waiting once the fetch is that old; and a ``kid``
+found missing is answered at once until the cooldown ends. When the issuer is
+down the last good keys keep serving.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ _MAX_DOCUMENT_BYTES = 1 << 20
 
 #: Called with (issuer name, kids that left the JWKS) after a refresh swaps keys.
 OnRotate = Callable[[str, frozenset[str | None]], object]
+#: Unknown kids remembered as missing (per issuer); a flood of random kids clears it.
+_MAX_MISSING_KIDS = 4096
 
 
 class FetchError(Exception):
@@ -51,7 +56,10 @@ class IssuerKeys:
         self.fetches = 0
         self._max_age: float | None = None
         self._inflight: asyncio.Task[bool] | None = None
+        self._inflight_since = float("-inf")
         self._last_unknown_kid_fetch = float("-inf")
+        #: kid → when it was found missing (a fetch without it, or a fetch too slow to wait for).
+        self._missing: dict[str, float] = {}
         self._wake = asyncio.Event()
         if spec.static_jwks is not None:
             self.keyset = build_keyset(spec.static_jwks, spec.algorithms, spec.issuer)
@@ -165,19 +173,40 @@ class IssuerKeys:
     def _shared_refresh(self) -> asyncio.Task[bool]:
         if self._inflight is None or self._inflight.done():
             self._inflight = asyncio.ensure_future(self.refresh())
+            self._inflight_since = self._clock()
         return self._inflight
 
-    async def refetch_for_unknown_kid(self, wait: float) -> bool:
-        """At most one refetch per cooldown; wait up to ``wait`` seconds for it."""
+    async def refetch_for_unknown_kid(self, kid: str | None, wait: float) -> bool:
+        """Refetch for a ``kid`` the keys lack; True when a fetch succeeded meanwhile.
+
+        At most one refetch per cooldown, shared by every request that needs one. A request
+        waits for it only until the fetch is ``wait`` seconds old, so while the issuer hangs no
+        request waits the fetch's timeout. A kid found missing (the fetch came back without it,
+        or was too slow to wait for) is answered at once until the cooldown ends."""
         if not self.fetched:
             return False
+        cooldown = self.spec.unknown_kid_cooldown_seconds
         now = self._clock()
+        if kid is not None and now - self._missing.get(kid, float("-inf")) < cooldown:
+            return False
         if self._inflight is None or self._inflight.done():
-            if now - self._last_unknown_kid_fetch < self.spec.unknown_kid_cooldown_seconds:
+            if now - self._last_unknown_kid_fetch < cooldown:
+                self._note_missing(kid, now)
                 return False
             self._last_unknown_kid_fetch = now
         task = self._shared_refresh()
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), wait)
-        except TimeoutError:
-            return False
+        left = self._inflight_since + wait - now
+        ok = False
+        if left > 0:
+            with contextlib.suppress(TimeoutError):
+                ok = await asyncio.wait_for(asyncio.shield(task), left)
+        if not ok or self.keyset is None or kid not in self.keyset.by_kid:
+            self._note_missing(kid, self._clock())
+        return ok
+
+    def _note_missing(self, kid: str | None, now: float) -> None:
+        if kid is None:
+            return
+        if len(self._missing) >= _MAX_MISSING_KIDS:
+            self._missing.clear()
+        self._missing[kid] = now

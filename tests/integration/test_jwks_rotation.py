@@ -155,3 +155,53 @@ def _throwaway_key() -> SigningKey:
     pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     return SigningKey("k", pem)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_hanging_issuer_does_not_make_unknown_kids_wait(issuer: Issuer) -> None:
+    """Regression (hardening #13): while the issuer hung, every unknown-kid request waited for
+    the fetch. Now concurrent requests share one fetch, wait only while it is young, and a kid
+    found missing is answered at once until the cooldown ends."""
+    hung = asyncio.Event()
+    hits = 0
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal hits
+        hits += 1
+        await hung.wait()  # accepts, never answers
+        writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(hang, "127.0.0.1", port)
+    clock = FakeClock()
+    from extproc.identity.jwks import IssuerKeys
+
+    hanging = IssuerSpec(name="slow", issuer=issuer.url, audiences=(DEMO_AUDIENCE,),
+                         jwks_uri=f"http://127.0.0.1:{port}/jwks.json", unknown_kid_cooldown_seconds=60,
+                         fetch_timeout_seconds=120)
+    async with aiohttp.ClientSession() as session:
+        keys = IssuerKeys(hanging, session, lambda *_: None, clock=clock)
+        try:
+            # Ten requests for one unknown kid at once: one fetch, each waits only the short wait.
+            first = await asyncio.wait_for(asyncio.gather(
+                *(keys.refetch_for_unknown_kid("k-new", 0.2) for _ in range(10))), 10)
+            assert first == [False] * 10 and hits == 1
+            # The same kid again, with a long wait allowed: known missing, answered at once
+            # (it used to wait for the hanging fetch: this wait_for would time out).
+            assert await asyncio.wait_for(keys.refetch_for_unknown_kid("k-new", 60), 5) is False
+            # Another kid, once the fetch is older than the wait: no waiting either (the fetch
+            # started 100 s ago on the fake clock; a request may wait for it until it is 60 s old).
+            clock.now += 100
+            assert await asyncio.wait_for(keys.refetch_for_unknown_kid("k-other", 60), 5) is False
+            assert hits == 1  # still the one fetch, shared
+        finally:
+            hung.set()
+            server.close()
+            await server.wait_closed()
