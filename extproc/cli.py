@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("envoy-config", help="render envoy/gateway.yaml for given sidecar endpoints")
     e.add_argument("--sidecar", action="append", required=True, help="HOST:PORT or unix:/path")
+    e.add_argument("--request-timeout", default="60s",
+                   help="the whole request must arrive within it, or Envoy answers 408 (default 60s)")
+    e.add_argument("--auth-guard-failures", type=int, default=20, metavar="N",
+                   help="401s from one address within the window before it is limited (default 20)")
+    e.add_argument("--auth-guard-window", type=int, default=10, metavar="SECONDS",
+                   help="the auth guard's window (default 10)")
     return p
 
 
@@ -161,9 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("explain", "usage"):
         return _records(args)
     if args.command == "envoy-config":
-        from extproc.devstack.envoy_config import render
+        from extproc.devstack.envoy_config import AuthGuard, render
 
-        sys.stdout.write(render(args.sidecar))
+        sys.stdout.write(render(args.sidecar, request_timeout=args.request_timeout,
+                                auth_guard=AuthGuard(args.auth_guard_failures, args.auth_guard_window)))
         return 0
     return 2
 

@@ -126,6 +126,15 @@ class Pipeline:
         timer.lap("classify")
         return await self._decide(snapshot, decision_id, facts, identity, cls, body, params, timer)
 
+    def body_timed_out(self, pending: AwaitingBody) -> Decision:
+        """The body this request's rule reads did not arrive in time (a client that stalls or
+        trickles it): 408, so the stream it holds is let go. Its own decision, logged and
+        recorded like any denial."""
+        seconds = pending.snapshot.body_timeout_seconds
+        return deny(pending.decision_id, Reason.REQUEST_BODY_TIMEOUT,
+                    f"the request body did not arrive within {seconds:g} s (request_body.timeout_seconds)",
+                    identity=pending.identity)
+
     async def _identify(
         self, decision_id: str, listener: ListenerPolicy, facts: RequestFacts
     ) -> Identity | Decision:

@@ -26,6 +26,9 @@ from extproc.routing.table import CHAIN_SEPARATOR, TableSpec
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 MAX_BODY_BYTES_CEILING = 64 << 20
+#: Below Envoy's request_timeout (60 s by default), so the sidecar answers first, with a decision id.
+DEFAULT_BODY_TIMEOUT_SECONDS = 30
+MAX_BODY_TIMEOUT_SECONDS = 3600
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 # A group containing + or * (or {n,}) that is itself quantified: the classic catastrophic
 # backtracking shape. Rules run on client-controlled paths, on the event loop.
@@ -90,10 +93,14 @@ def parse(text: bytes, source: str) -> PolicyConfig:
     issuers = parse_issuers(r, root.get("identity"), source)
     access = parse_access(r, root.get("access"), {i.name for i in issuers})
     listeners = _listeners(r, root.get("listeners"), has_issuers=bool(issuers))
-    body = r.mapping(root.get("request_body"), "request_body", {"max_bytes"})
+    body = r.mapping(root.get("request_body"), "request_body", {"max_bytes", "timeout_seconds"})
     max_body = r.typed(body.get("max_bytes"), "request_body.max_bytes", int, DEFAULT_MAX_BODY_BYTES)
     if not 1 <= max_body <= MAX_BODY_BYTES_CEILING:
         r.error("request_body.max_bytes", f"must be between 1 and {MAX_BODY_BYTES_CEILING}")
+    body_timeout = r.typed(body.get("timeout_seconds"), "request_body.timeout_seconds", int,
+                           DEFAULT_BODY_TIMEOUT_SECONDS)
+    if not 1 <= body_timeout <= MAX_BODY_TIMEOUT_SECONDS:
+        r.error("request_body.timeout_seconds", f"must be between 1 and {MAX_BODY_TIMEOUT_SECONDS}")
     rules = _classification(r, root.get("classification"))
     pools, max_fallbacks, routing = _routing(r, root.get("routing"))
     quotas = parse_quotas(r, root.get("quotas"), {entry.id for entry in routing.entries})
@@ -105,6 +112,7 @@ def parse(text: bytes, source: str) -> PolicyConfig:
         digest=hashlib.sha256(text).hexdigest(),
         listeners=listeners,
         max_body_bytes=max_body,
+        body_timeout_seconds=float(body_timeout),
         rules=rules,
         pools=pools,
         max_fallbacks=max_fallbacks,

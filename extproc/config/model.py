@@ -46,6 +46,8 @@ class PolicyConfig:
     pools: tuple[str, ...]
     routing: TableSpec
     max_fallbacks: int = 1
+    #: How long the sidecar waits for a body it asked for before it answers 408.
+    body_timeout_seconds: float = 30.0
     issuers: tuple[IssuerSpec, ...] = ()
     access: tuple[AccessRule, ...] = ()
     quotas: QuotaSettings = field(default_factory=QuotaSettings)
@@ -55,13 +57,14 @@ class PolicyConfig:
 class Snapshot:
     """A compiled config: what the pipeline reads per request. Immutable, swapped by reference."""
 
-    __slots__ = ("access", "classifier", "config", "listeners", "max_body_bytes", "quotas", "routes",
-                 "version")
+    __slots__ = ("access", "body_timeout_seconds", "classifier", "config", "listeners", "max_body_bytes",
+                 "quotas", "routes", "version")
 
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config
         self.version = config.digest[:12]
         self.max_body_bytes = config.max_body_bytes
+        self.body_timeout_seconds = config.body_timeout_seconds
         self.classifier = Classifier(config.rules)
         self.routes = RoutingTable(config.routing)  # the seed; live tables come from routing.sync
         self.listeners = {lp.name: lp for lp in config.listeners}

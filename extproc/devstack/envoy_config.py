@@ -12,6 +12,21 @@ from extproc.routing.table import failover_chains, failover_cluster
 
 ENVOY_DIR = Path(__file__).resolve().parents[2] / "envoy"
 GATEWAY_TEMPLATE = ENVOY_DIR / "gateway.yaml"
+AUTH_GUARD_LUA = ENVOY_DIR / "auth_guard.lua"
+
+
+@dataclass(frozen=True)
+class AuthGuard:
+    """The auth guard's thresholds (envoy/README.md "Auth guard"): a source address with
+    ``failures`` 401s within ``window_s`` seconds (per Envoy worker) is limited."""
+
+    failures: int = 20
+    window_s: int = 10
+
+    def lua(self) -> str:
+        """The Lua source with its settings, as a JSON string (a YAML scalar)."""
+        settings = f"local MAX_FAILS, WINDOW_S = {int(self.failures)}, {int(self.window_s)}\n"
+        return json.dumps(settings + AUTH_GUARD_LUA.read_text())
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,8 @@ def render(
     trace_sampling_percent: float = 100.0,
     pools: dict[str, tuple[str, int]] | None = None,
     max_fallbacks: int = 1,
+    request_timeout: str = "60s",
+    auth_guard: AuthGuard | None = None,
 ) -> str:
     """The gateway bootstrap. ``pools`` default to the demo's pool-a and pool-b on loopback."""
     p = asdict(ports or EnvoyPorts())
@@ -91,5 +108,7 @@ def render(
         "OTLP_HOST": otlp[0],
         "OTLP_PORT": otlp[1],
         "TRACE_SAMPLING_PERCENT": trace_sampling_percent,
+        "REQUEST_TIMEOUT": request_timeout,
+        "AUTH_GUARD_LUA": (auth_guard or AuthGuard()).lua(),
     }
     return string.Template(template.read_text()).substitute(values)

@@ -108,6 +108,13 @@ _REMOVE_HEADERS = wire.tag(pb.HeaderMutation, "remove_headers")
 _BODY = wire.tag(pb.BodyMutation, "body")
 _READ_BODY_OVERRIDE = wire.field(wire.tag(_PR, "mode_override"), _READ_BODY_MODE.SerializeToString())
 _READ_RESPONSE_OVERRIDE = wire.field(wire.tag(_PR, "mode_override"), _READ_RESPONSE_MODE.SerializeToString())
+# The filter's configured mode skips response headers, so a local reply Envoy makes to a request
+# it refused before we saw it (HTTP/1.0, a header name with an underscore, too many headers) does
+# not wait for a stream that the connection close then resets. Every request we let through
+# turns them back on: this override with its request-headers answer (asking for the body turns
+# them on too, ``_READ_BODY_MODE``).
+_RESPONSE_HEADERS_OVERRIDE = wire.field(wire.tag(_PR, "mode_override"),
+                                        _mode(_ProcessingMode.NONE, _ProcessingMode.NONE).SerializeToString())
 
 
 def _mutation(sets: list[tuple[str, str]], removes: Iterable[str] = ()) -> bytes:
@@ -154,7 +161,8 @@ def decided(decision: Decision, facts: RequestFacts, phase: str) -> bytes:
     # route cache so the route (cluster_header) is chosen again with our header.
     common = wire.field(_HEADER_MUTATION, _mutation(upstream, removes)) + body + _CLEAR_ROUTE_CACHE
     if phase == "headers":
-        return wire.field(_REQUEST_HEADERS, wire.field(_HEADERS_RESPONSE, common)) + _metadata(decision)
+        return (wire.field(_REQUEST_HEADERS, wire.field(_HEADERS_RESPONSE, common)) + _metadata(decision)
+                + _RESPONSE_HEADERS_OVERRIDE)
     return wire.field(_REQUEST_BODY, wire.field(_BODY_RESPONSE, common)) + _metadata(decision)
 
 

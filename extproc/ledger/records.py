@@ -37,6 +37,12 @@ _MAX_PATH = 256
 _INT64_MAX = (1 << 63) - 1
 
 
+def _text(value: str) -> str:
+    """A string for the record: text that is not valid UTF-8 (a lone surrogate from a JSON
+    escape) has those characters replaced, never costing the record."""
+    return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
+
+
 def _int64(value: int) -> int:
     """A count for an int64 field: a value the schema cannot hold is saturated, never allowed to
     cost the record (a record with a bad value is still a record)."""
@@ -105,11 +111,11 @@ def decision_record(decision: Decision, facts: RequestFacts, *, adapter: str, tr
         allowed=decision.allowed,
         reason=decision.reason.value,
         status=decision.status,
-        message=decision.message,
-        tenant=decision.tenant or "",
-        method=facts.method,
-        path=facts.path[:_MAX_PATH],
-        host=facts.host,
+        message=_text(decision.message),
+        tenant=_text(decision.tenant or ""),
+        method=_text(facts.method),
+        path=_text(facts.path[:_MAX_PATH]),
+        host=_text(facts.host),
         workload_class=decision.workload.value,
         classification_rule=decision.rule or "",
         model_requested=decision.model or "",
@@ -125,8 +131,9 @@ def decision_record(decision: Decision, facts: RequestFacts, *, adapter: str, tr
     )
     identity = decision.identity
     if identity is not None:
-        record.subject, record.plan, record.issuer = identity.subject, identity.plan, identity.issuer
-        record.scopes.extend(sorted(identity.scopes))
+        record.subject, record.plan = _text(identity.subject), _text(identity.plan)
+        record.issuer = _text(identity.issuer)
+        record.scopes.extend(sorted(_text(scope) for scope in identity.scopes))
         record.verified = identity.verified
     if decision.admission is not None:
         for state in decision.admission.states:

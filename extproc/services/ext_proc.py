@@ -64,6 +64,15 @@ class _Stream:
         return ResponseEnd.seen(self.response_at is not None, self.reading_body, self.reached_end)
 
 
+async def _read_by(context: grpc.aio.ServicerContext, due: float) -> Any:
+    """The next message from Envoy, or None when it has not come by ``due`` (loop time)."""
+    try:
+        async with asyncio.timeout_at(due):
+            return await context.read()
+    except TimeoutError:
+        return None
+
+
 class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
     def __init__(self, pipeline: Pipeline, observer: DecisionObserver | None = None,
                  ledger: LedgerWriter | None = None) -> None:
@@ -236,9 +245,19 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
         span: DecisionSpan | None = None
         facts: RequestFacts | None = None
         pending: AwaitingBody | None = None
+        body_due = 0.0  # loop time by which the body asked for must have come
         while True:
             decision = stream.decision
-            request = await context.read()
+            if pending is None:
+                request = await context.read()
+            elif (request := await _read_by(context, body_due)) is None:
+                # The body never came (a stalled or trickling client): answer 408 ourselves,
+                # before Envoy's request_timeout, so the reply names its decision.
+                assert facts is not None and span is not None
+                stream.decision = self._pipeline.body_timed_out(pending)
+                self._decided(stream.decision, facts, timer, span)
+                await context.write(codec.immediate(stream.decision))
+                return
             if request is grpc.aio.EOF:
                 return
             kind = request.WhichOneof("request")
@@ -254,6 +273,7 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
                     self._observer.error()
                 if isinstance(outcome, AwaitingBody):
                     pending = outcome
+                    body_due = asyncio.get_running_loop().time() + outcome.snapshot.body_timeout_seconds
                     response = codec.read_body(facts)
                 else:
                     stream.decision = outcome

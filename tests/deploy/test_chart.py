@@ -193,9 +193,21 @@ def test_bad_values_are_refused() -> None:
         render({"policy": {"routing": {"pools": ["pool-z"], "routes": [{"pool": "pool-z"}]}}})
 
 
-def test_chart_envoy_bootstrap_is_the_projects() -> None:
-    assert (CHART / "files" / "gateway.yaml").read_text() == (ROOT / "envoy" / "gateway.yaml").read_text(), \
-        "deploy/k8s/files/gateway.yaml drifted from envoy/gateway.yaml: cp envoy/gateway.yaml deploy/k8s/files/"
+@pytest.mark.parametrize("name", ["gateway.yaml", "auth_guard.lua"])
+def test_chart_envoy_bootstrap_is_the_projects(name: str) -> None:
+    assert (CHART / "files" / name).read_text() == (ROOT / "envoy" / name).read_text(), \
+        f"deploy/k8s/files/{name} drifted from envoy/{name}: cp envoy/{name} deploy/k8s/files/"
+
+
+def test_chart_renders_the_auth_guard_as_the_project_does() -> None:
+    from extproc.devstack.envoy_config import AuthGuard
+
+    cm = next(d for d in by_kind(render({"envoy": {"authGuard": {"failures": 7, "windowSeconds": 30}}}),
+                                 "ConfigMap") if d["metadata"]["name"].endswith("-envoy"))
+    envoy = yaml.safe_load(cm["data"]["envoy.yaml"])
+    filters = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    lua = filters["http_filters"][0]["typed_config"]["default_source_code"]["inline_string"]
+    assert lua == json.loads(AuthGuard(7, 30).lua())
 
 
 def test_dockerfile_lints_and_its_build_step_works(tmp_path: Path) -> None:

@@ -139,9 +139,12 @@ class Stack:
 
 
 def start_stack(tmp: Path, sidecar_uds: bool = False, config_text: str | None = None,
-                otlp_port: int | None = None, sidecar_args: tuple[str, ...] = (), workers: int = 1) -> Stack:
+                otlp_port: int | None = None, sidecar_args: tuple[str, ...] = (), workers: int = 1,
+                envoy_settings: dict[str, Any] | None = None, envoy_args: tuple[str, ...] = ()) -> Stack:
     """The whole gateway. ``otlp_port``: a collector there receives Envoy's and the sidecar's spans.
-    ``workers``: sidecar processes (``--workers``); their admin addresses are ``stack.sidecar_admins``."""
+    ``workers``: sidecar processes (``--workers``); their admin addresses are ``stack.sidecar_admins``.
+    ``envoy_settings``: more arguments for rendering Envoy's config (``devstack.envoy_config.render``);
+    ``envoy_args``: more arguments for the envoy command."""
     ports = EnvoyPorts(ext_proc=free_port(), ext_authz=free_port(), admin=free_port(),
                        pool_a=free_port(), pool_b=free_port(), ops=free_port())
     issuer = f"http://127.0.0.1:{free_port()}"
@@ -179,9 +182,9 @@ def start_stack(tmp: Path, sidecar_uds: bool = False, config_text: str | None = 
         envoy_yaml = tmp / "envoy.yaml"
         envoy_yaml.write_text(render(stack.sidecars, ports, access_log_path=str(tmp / "access.log"),
                                      buffer_limit_bytes=(1 << 20) + (64 << 10),
-                                     otlp=("127.0.0.1", otlp_port or free_port())))
+                                     otlp=("127.0.0.1", otlp_port or free_port()), **(envoy_settings or {})))
         env = Child("envoy", [envoy_binary(), "-c", str(envoy_yaml), "--log-level", "warn",
-                              "--base-id", str(ports.admin), "--drain-time-s", "1"], tmp)
+                              "--base-id", str(ports.admin), "--drain-time-s", "1", *envoy_args], tmp)
         stack.children.append(env)
         wait_http(f"http://127.0.0.1:{ports.admin}/ready", proc=env.proc)
         # Ready means listening; wait until a request really passes the sidecar.

@@ -7,6 +7,9 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import json
+import socket
+import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,6 +39,7 @@ def _policy() -> str:
     doc["quotas"]["policies"].append({"name": "cjk", "match": {"plan": "cjk"}, "on_store_failure": "closed",
                                       "budget": {"limit": 2000, "period": "day"}})
     doc["routing"]["routes"].append({"id": "whisper", "model": "whisper-1", "pool": "pool-b"})
+    doc["request_body"]["timeout_seconds"] = 1  # the sidecar's body deadline (#12)
     return yaml.safe_dump(doc, sort_keys=False)
 
 
@@ -44,7 +48,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("hardening")
     token_file = tmp / "admin-token"
     token_file.write_text(ADMIN_TOKEN + "\n")
-    s = start_stack(tmp / "stack", config_text=_policy(), sidecar_args=("--admin-token-file", str(token_file)))
+    s = start_stack(tmp / "stack", config_text=_policy(), sidecar_args=("--admin-token-file", str(token_file)),
+                    envoy_settings={"request_timeout": "3s"},
+                    # One Envoy worker: the auth guard's counts are per worker (envoy/README.md).
+                    envoy_args=("--concurrency", "1"))
     yield s
     s.stop()
 
@@ -234,3 +241,124 @@ def test_an_absurd_max_tokens_is_refused_recorded_and_not_logged(stack: Stack) -
         assert "invalid_parameter" in cli(stack, "explain", decision_id).stdout
     log = stack.children[0].log()
     assert "could not be built" not in log and "0" * 40 not in log
+
+
+# --- 10. A flood of forged tokens ---------------------------------------------------------------
+
+
+def _forged(stack: Stack, i: int) -> str:
+    good = stack.token(tenant="victim")
+    head, payload, _ = good.split(".")
+    return f"{head}.{payload}.{'A' * 300}{i:06d}"  # a valid-looking token whose signature never verifies
+
+
+def test_repeated_failed_authentications_are_limited_in_envoy(stack: Stack) -> None:
+    """Regression (hardening #10): nothing limited anyone before identity: 3,000 forged tokens at
+    1,450 req/s slowed every other tenant ~20x. Past 20 failures per source per window (per Envoy
+    worker; this stack's Envoy has one), Envoy answers that source's unproven tokens itself;
+    known-good tokens and other sources are untouched (the load side of this is
+    perf/bench_failures.py token-flood)."""
+    known_good = stack.token(tenant="flood-neighbour", plan="pro")
+    for port in listeners(stack):
+        assert chat(stack, known_good, port, model="gpt-4o-mini").status == 200  # accepted once: known-good
+        statuses: list[int] = []
+        limited: Response | None = None
+        for i in range(200):
+            resp = chat(stack, _forged(stack, i), port, model="gpt-4o-mini")
+            statuses.append(resp.status)
+            if resp.status == 429:
+                limited = resp
+                break
+        assert limited is not None, statuses  # before: 200 forged tokens, 200 x 401, all through the sidecar
+        assert set(statuses[:-1]) == {401} and 20 <= statuses.count(401) <= 42  # a window may turn
+        error = limited.json()["error"]
+        assert (error["type"], error["code"]) == ("rate_limit_error", "authentication_failures_limited")
+        assert limited.headers["retry-after"] == "1" and "x-extproc-auth-limited" not in limited.headers
+        # The same address with a token the sidecar already accepted: untouched.
+        assert chat(stack, known_good, port, model="gpt-4o-mini").status == 200
+        # Another address, a new valid token: untouched.
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=("127.0.0.2", 0))
+        conn.request("POST", CHAT, body=json.dumps({"model": "gpt-4o-mini", "messages": []}), headers={
+            "content-type": "application/json", "authorization": f"Bearer {stack.token(tenant='elsewhere')}"})
+        assert conn.getresponse().status == 200
+        conn.close()
+    stats = urllib.request.urlopen(f"http://127.0.0.1:{stack.ports.admin}/stats?filter=auth_failures",
+                                   timeout=10).read().decode()
+    for prefix in ("auth_failures_extproc", "auth_failures_authz"):
+        line = next(x for x in stats.splitlines() if x.startswith(f"{prefix}.http_local_rate_limit.rate_limited:"))
+        assert int(line.split(":")[1]) >= 1, stats
+
+
+# --- 11. Requests Envoy refuses on its own ------------------------------------------------------
+
+
+REFUSED_BY_ENVOY = {
+    "HTTP/1.0": (b"GET /v1/models HTTP/1.0\r\nHost: gw\r\n\r\n", {426}),
+    "underscore": (b"GET /v1/models HTTP/1.1\r\nHost: gw\r\nx_extproc_tenant: root\r\n\r\n", {400}),
+    "NUL": (b"GET /v1/models HTTP/1.1\r\nHost: gw\r\nx-a: b\x00c\r\n\r\n", {400}),
+    "bad host": (b"GET /v1/models HTTP/1.1\r\nHost: bad host\r\n\r\n", {400}),
+    "too many headers": (b"GET /v1/models HTTP/1.1\r\nHost: gw\r\n"
+                         + b"".join(b"x-h%d: v\r\n" % i for i in range(200)) + b"\r\n", {431}),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_BY_ENVOY))
+def test_requests_envoy_refuses_are_answered_on_both_listeners(stack: Stack, case: str) -> None:
+    """Regression (hardening #11): on the ext_proc listener these waited ~1 s, then the connection
+    closed with no response (Envoy held its local reply for a sidecar stream that its own
+    connection close reset)."""
+    raw, statuses = REFUSED_BY_ENVOY[case]
+    for port in listeners(stack):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(raw)
+            answer = b""
+            while b"\r\n" not in answer:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 "), (port, case, answer)  # was: nothing, then a close
+        assert int(answer.split(b" ")[1]) in statuses, (port, case, answer[:80])
+
+
+# --- 12. Slow request bodies --------------------------------------------------------------------
+
+
+def _stalled_body(stack: Stack, port: int, token: str) -> Response:
+    """Headers and half a body, then nothing: the connection stays open, the body never ends."""
+    body = json.dumps({"model": "gpt-4o-mini", "messages": []}).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.putrequest("POST", CHAT)
+    for name, value in (("content-type", "application/json"), ("authorization", f"Bearer {token}"),
+                        ("content-length", str(len(body)))):
+        conn.putheader(name, value)
+    conn.endheaders(body[: len(body) // 2])
+    resp = conn.getresponse()
+    out = Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    conn.close()
+    return out
+
+
+def _streams_open(stack: Stack) -> float:
+    text = urllib.request.urlopen(f"http://{stack.sidecar_admin}/metrics", timeout=10).read().decode()  # type: ignore[attr-defined]
+    return float(next(x for x in text.splitlines() if x.startswith("extproc_ext_proc_streams_open ")).split()[1])
+
+
+def test_a_stalled_body_is_answered_408_and_lets_its_stream_go(stack: Stack) -> None:
+    """Regression (hardening #12): a body that never arrived held a sidecar stream (outside the
+    tenant's concurrency cap) for as long as the client kept the connection."""
+    token = stack.token(tenant="slow-body", plan="pro")
+    # ext_proc: the sidecar's own deadline (request_body.timeout_seconds, 1 s here), with a decision.
+    resp = _stalled_body(stack, stack.ports.ext_proc, token)
+    assert resp.status == 408, resp.body
+    error = resp.json()["error"]
+    assert error["code"] == "request_body_timeout" and error["decision_id"] == resp.headers["x-extproc-decision-id"]
+    assert "1 s" in error["message"]
+    deadline = time.monotonic() + 10
+    while _streams_open(stack) != 0:
+        assert time.monotonic() < deadline, "the stream that waited for the body is still open"
+        time.sleep(0.05)
+    assert "request_body_timeout" in stack.children[0].log()  # and the log says what happened
+    # ext_authz: Envoy buffers the body before it asks; its request_timeout (3 s here) answers.
+    resp = _stalled_body(stack, stack.ports.ext_authz, token)
+    assert resp.status == 408 and resp.json()["error"]["code"] == "request_timeout"

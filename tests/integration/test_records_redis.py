@@ -171,18 +171,26 @@ async def test_records_on_a_redis_cluster(redis_cluster_url: str) -> None:
         await client.aclose()
 
 
-async def test_a_record_the_schema_cannot_hold_is_dropped_not_blocking_the_rest(redis_server: RedisServer) -> None:
+async def test_a_record_with_values_the_schema_cannot_hold_is_still_written(redis_server: RedisServer) -> None:
+    """Hardening #8: a record with a bad value is still a record (text that is not UTF-8 is
+    replaced, counts saturate); one that cannot be built at all is dropped and counted without
+    holding back the ones behind it."""
     client = Redis.from_url(redis_server.url)
     writer = LedgerWriter(client, lambda: RecordSettings(allow_sample=1.0))
     bad = Identity("acme", subject="alice", scopes=frozenset({"\ud800"}), verified=True)  # not UTF-8
-    writer.decision(deny(new_decision_id(), Reason.RATE_LIMITED, "x", CHAT, bad), FACTS, "ext_proc")
+    odd = deny(new_decision_id(), Reason.RATE_LIMITED, "x", CHAT, bad)
+    writer.decision(odd, FACTS, "ext_proc")
     good = deny(new_decision_id(), Reason.RATE_LIMITED, "x", CHAT, ALICE)
     writer.decision(good, FACTS, "ext_proc")
-    writer.usage_from(lambda: usage(new_decision_id(), total=2**70))  # type: ignore[arg-type,return-value]
-    assert await writer.flush_batch() == 2 and writer.pending == 0
+    huge = new_decision_id()
+    writer.usage_from(lambda: usage(huge, total=2**70))  # type: ignore[arg-type,return-value]
+    before = REGISTRY.get_sample_value("extproc_records_total", {"kind": "usage", "result": "invalid"}) or 0
+    writer.usage_from(lambda: 1 / 0)  # type: ignore[arg-type,return-value]
+    assert await writer.flush_batch() == 3 and writer.pending == 0
     assert (await find_decision(client, good.decision_id)).decision is not None
-    assert REGISTRY.get_sample_value("extproc_records_total", {"kind": "decision", "result": "invalid"}) >= 1
-    assert REGISTRY.get_sample_value("extproc_records_total", {"kind": "usage", "result": "invalid"}) >= 1
+    kept = (await find_decision(client, odd.decision_id)).decision
+    assert kept is not None and list(kept.scopes) == ["?"]
+    assert REGISTRY.get_sample_value("extproc_records_total", {"kind": "usage", "result": "invalid"}) == before + 1
     await client.aclose()
 
 

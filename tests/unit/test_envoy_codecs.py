@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.auth.v3 import external_auth_pb2 as authz_pb
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
@@ -147,8 +148,11 @@ def _reference_decided(decision, facts, phase: str) -> pb.ProcessingResponse:
         common.body_mutation.body = decision.body_rewrite
         common.header_mutation.remove_headers.append("content-length")
     if phase == "headers":
+        # Response headers are SKIP in the filter's config: every allowed request turns them on.
+        mode = ProcessingMode(request_header_mode=ProcessingMode.SEND, response_header_mode=ProcessingMode.SEND,
+                              request_trailer_mode=ProcessingMode.SKIP, response_trailer_mode=ProcessingMode.SKIP)
         return pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common),
-                                     dynamic_metadata=_reference_metadata(decision))
+                                     dynamic_metadata=_reference_metadata(decision), mode_override=mode)
     return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common),
                                  dynamic_metadata=_reference_metadata(decision))
 

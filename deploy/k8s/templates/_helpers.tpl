@@ -73,5 +73,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $cfg = replace "${SIDECAR_ENDPOINTS}" (toJson $endpoints) $cfg -}}
 {{- $cfg = replace "${POOL_CLUSTERS}" (join "\n" $pools) $cfg -}}
 {{- $cfg = replace "${MAX_FALLBACKS}" (toString (max 1 $depth)) $cfg -}}
+{{- $cfg = replace "${REQUEST_TIMEOUT}" $v.envoy.requestTimeout $cfg -}}
+{{- /* The auth guard's Lua (envoy/auth_guard.lua), its thresholds first, as one JSON string. */ -}}
+{{- $guard := printf "local MAX_FAILS, WINDOW_S = %d, %d\n%s" (int $v.envoy.authGuard.failures) (int $v.envoy.authGuard.windowSeconds) (.Files.Get "files/auth_guard.lua") -}}
+{{- $cfg = replace "${AUTH_GUARD_LUA}" (toJson $guard) $cfg -}}
 {{- $cfg -}}
 {{- end -}}
