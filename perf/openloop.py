@@ -12,7 +12,12 @@ asyncio streams so that the generator's own cost stays small (``lag_ms_p99``: ho
 dispatched requests; near zero means the numbers are the system's, not the generator's).
 
     python perf/openloop.py http://127.0.0.1:8080/v1/models --rate 300 --seconds 10 \\
-        [-H "authorization: Bearer …"] [--body '{"model": …}']
+        [-H "authorization: Bearer …"] [--body '{"model": …}'] [--source 127.0.0.2] \\
+        [--forge-token HEADER.PAYLOAD]
+
+``--source``: the loopback address connections come from (an attacker's address, beside
+clients on 127.0.0.1). ``--forge-token``: every request carries a token of that header and
+payload with a signature of its own, which never verifies (a flood of distinct forged tokens).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import itertools
 import json
 import time
 from collections import Counter
@@ -110,8 +116,10 @@ async def _read_response(reader: asyncio.StreamReader, flag: bytes = b"") -> tup
 
 async def run(url: str, rate: float, seconds: float, headers: dict[str, str] | None = None,
               body: bytes | None = None, max_connections: int = 256, drain: float = 15.0,
-              flag_header: str = "") -> Result:
-    """``flag_header``: count answers carrying this header (``flagged``, and per sample)."""
+              flag_header: str = "", source: str | None = None, forge_token: str = "") -> Result:
+    """``flag_header``: count answers carrying this header (``flagged``, and per sample).
+    ``source``: the local address to connect from. ``forge_token``: ``HEADER.PAYLOAD`` of a JWT;
+    each request then carries it with a signature of its own."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -122,6 +130,16 @@ async def run(url: str, rate: float, seconds: float, headers: dict[str, str] | N
         lines += ["content-type: application/json", f"content-length: {len(body)}"]
     raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
     flag = f"{flag_header.lower()}:".encode() if flag_header else b""
+    local = (source, 0) if source else None
+    forged = itertools.count()
+
+    def request() -> bytes:
+        if not forge_token:
+            return raw
+        # A 256-byte (RS256-sized) signature, different for every request.
+        signature = f"{next(forged):012d}".encode().rjust(342, b"A")
+        return raw.replace(b"\r\n\r\n", b"\r\nauthorization: Bearer " + forge_token.encode() + b"."
+                           + signature + b"\r\n\r\n", 1)
 
     result = Result(rate, seconds)
     idle: list[_Conn] = []
@@ -137,7 +155,7 @@ async def run(url: str, rate: float, seconds: float, headers: dict[str, str] | N
                 return idle.pop()
             opened += 1
         try:
-            return _Conn(*await asyncio.open_connection(host, port))
+            return _Conn(*await asyncio.open_connection(host, port, local_addr=local))
         except OSError:
             async with freed:
                 opened -= 1
@@ -161,7 +179,7 @@ async def run(url: str, rate: float, seconds: float, headers: dict[str, str] | N
             result.samples.append((due - result.started_at, (time.monotonic() - due) * 1000, -1))
             return
         try:
-            conn.writer.write(raw)
+            conn.writer.write(request())
             status, keep, flagged = await _read_response(conn.reader, flag)
         except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
             result.errors += 1
@@ -241,12 +259,17 @@ def main() -> int:
     p.add_argument("-H", "--header", action="append", default=[], help="NAME: VALUE")
     p.add_argument("--body", default=None, help="JSON body (POST)")
     p.add_argument("--connections", type=int, default=256, help="at most this many connections")
+    p.add_argument("--source", default=None, help="connect from this local address (e.g. 127.0.0.2)")
+    p.add_argument("--forge-token", default="", metavar="HEADER.PAYLOAD",
+                   help="a distinct forged token per request: this JWT header and payload, a signature each")
     args = p.parse_args()
     headers = dict(h.split(":", 1) for h in args.header)
     headers = {k.strip(): v.strip() for k, v in headers.items()}
     result = asyncio.run(run(args.url, args.rate, args.seconds, headers,
-                             args.body.encode() if args.body else None, args.connections))
-    print(json.dumps(result.summary(), indent=2))
+                             args.body.encode() if args.body else None, args.connections,
+                             source=args.source, forge_token=args.forge_token))
+    # The generator's own CPU: on a shared machine, part of what the system under test competed with.
+    print(json.dumps({**result.summary(), "generator_cpu_s": round(time.process_time(), 2)}, indent=2))
     return 0
 
 
