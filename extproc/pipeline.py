@@ -181,30 +181,19 @@ class Pipeline:
         served = route.entry.rewrite_model or model
         # Quota policies match the canonical model, so an alias cannot dodge a model's limits.
         quota_cls = cls if model == cls.model else replace(cls, model=model)
-        # What the upstream reads is what was decided on: the served model goes in the body.
-        changes: dict[str, Any] = {}
-        if served is not None and served != (cls.model_spelling or cls.model):
-            field = cls.model_field
-            rewritable = body is not None and facts.can_rewrite_body
-            if field is not None and rewritable and body is not None and body.can_set(field, served):
-                changes[field] = served
-            elif cls.model_spelling is not None:
-                return deny(decision_id, Reason.INVALID_MODEL,
-                            f"model names are lower case here, and this request's model cannot be "
-                            f"rewritten on its way: send {cls.model!r}", cls, identity)
-            # else: ext_authz cannot rewrite a body; the upstream learns the served model from
-            # the x-extproc-model-served header.
+        # What the upstream reads is what was decided on.
+        changes = _upstream_changes(facts, cls, body, params, served)
+        if changes is None:
+            return deny(decision_id, Reason.INVALID_MODEL,
+                        f"model names are lower case here, and this request's model cannot be "
+                        f"rewritten on its way: send {cls.model!r}", cls, identity)
         streamed = facts.can_rewrite_body and params.stream
-        if streamed and body is not None and body.format is BodyFormat.JSON:
-            options = _stream_usage_options(facts.path, body.fields)
-            if options is not None:
-                changes["stream_options"] = options
         # 6. Quota: every applicable limit in ONE Redis call; nothing is consumed on a refusal.
         ticket = await self._quota.admit(snapshot.quotas, identity, quota_cls, route.entry.id, params,
                                          decision_id, leases=facts.sees_request_end)
         timer.lap("quota")
         read_stream = streamed and self._usage_records
-        rewrite = body.rewritten(changes) if changes and body is not None and facts.can_rewrite_body else None
+        rewrite = body.rewritten(changes) if changes and body is not None else None  # only if it can be
         if ticket is None:
             return allow(decision_id, cls, identity, route, served,
                          body_rewrite=rewrite, usage_stream=read_stream,
@@ -285,6 +274,29 @@ async def _off_loop_if_large(parse: Callable[[bytes], T], raw: bytes) -> T:
     if len(raw) < _PARSE_INLINE_BYTES:
         return parse(raw)
     return await asyncio.to_thread(parse, raw)
+
+
+def _upstream_changes(facts: RequestFacts, cls: Classification, body: RequestBody | None,
+                      params: RequestParams, served: str | None) -> dict[str, Any] | None:
+    """The body fields to change so that the upstream reads what was decided on: the served
+    model (an alias or rewrite, or the lower-case spelling) and, for an OpenAI stream, the ask
+    for its usage. None when the client's spelling of the model must change and this request's
+    cannot (ext_authz, a model in the path or a header)."""
+    changes: dict[str, Any] = {}
+    rewritable = body if facts.can_rewrite_body else None
+    if served is not None and served != (cls.model_spelling or cls.model):
+        field = cls.model_field
+        if field is not None and rewritable is not None and rewritable.can_set(field, served):
+            changes[field] = served
+        elif cls.model_spelling is not None:
+            return None
+        # else (ext_authz and an alias): the body keeps the alias; the upstream learns the served
+        # model from the x-extproc-model-served header.
+    if params.stream and rewritable is not None and rewritable.format is BodyFormat.JSON:
+        options = _stream_usage_options(facts.path, rewritable.fields)
+        if options is not None:
+            changes["stream_options"] = options
+    return changes
 
 
 def _stream_usage_options(path: str, body: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -6,8 +6,10 @@ hold decides the workload class and where the model name comes from.
 
 Classification happens in up to two phases. At request headers, ``classify_headers``
 either decides, or says the body is needed (the first candidate rule looks at the
-body). ``classify_body`` then finishes with the parsed JSON body. The body is
-therefore only read for requests whose matching rule needs it.
+body). ``classify`` then finishes with the body's fields (a JSON object, or a form's
+text fields: ``domain.request_body``). The body is therefore only read for requests
+whose matching rule needs it. A model the rule reads that is not a model name raises
+``InvalidRequest`` (400): it is never taken for "no model".
 """
 
 from __future__ import annotations
@@ -236,7 +238,7 @@ class Classifier:
         headers: Mapping[str, str],
         body: Mapping[str, Any] | None,
     ) -> Classification:
-        """Decide with the request head and (possibly absent) JSON body."""
+        """Decide with the request head and the (possibly absent) body's fields."""
         for rule in self.candidates(path):
             if rule.matches_head(method, path, host, headers) and rule.matches_body(body):
                 return rule.classification(path, headers, body)
