@@ -117,6 +117,7 @@ async def history(store: RouteStore, limit: int) -> tuple[int, str]:
 
 def explain(table: RoutingTable, tenant: str, plan: str, workload: WorkloadClass,
             model: str | None) -> tuple[int, str]:
+    model = model.lower() if model else model  # as the gateway folds a request's model (README "Model names")
     o = table.origin
     source = {"redis": f"live table version {o.version} (by {o.author}: {o.reason})",
               "config": "the policy file's table (no live table)"}.get(o.source, o.source)
