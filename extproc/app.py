@@ -27,7 +27,7 @@ from prometheus_client import multiprocess
 
 from extproc.config.model import Snapshot
 from extproc.config.reloader import ConfigHolder
-from extproc.envoy_api import ext_authz, ext_proc
+from extproc.envoy_api import access_log, ext_authz, ext_proc
 from extproc.identity.authenticator import JwtAuthenticator
 from extproc.ledger.spec import RecordSettings
 from extproc.ledger.writer import LedgerWriter
@@ -39,10 +39,12 @@ from extproc.quota.service import QuotaService
 from extproc.routing.store import RouteStore
 from extproc.routing.sync import RouteSync
 from extproc.runtime import settle_heap
+from extproc.services.access_log import AccessLogService
 from extproc.services.admin_http import RecordsApi, build_admin_app
 from extproc.services.ext_authz import AuthorizationService
 from extproc.services.ext_proc import ExternalProcessorService
 from extproc.settings import Settings, split_host_port
+from extproc.settlement.settler import Settler
 from extproc.telemetry import tracing
 from extproc.telemetry.decisions import DecisionObserver
 
@@ -115,21 +117,24 @@ class Worker:
             },
         }
 
-    def servicers(self) -> tuple[ExternalProcessorService, AuthorizationService]:
-        """The two adapters over this worker's pipeline, observer and records."""
+    def servicers(self) -> tuple[ExternalProcessorService, AuthorizationService, AccessLogService]:
+        """The two adapters over this worker's pipeline, observer and records, and the access-log
+        service that brings the ends of requests to settlement."""
         cap, sample, ledger = self.settings.metrics_tenant_cap, self.settings.log_allow_sample, self.ledger
 
         def observer(adapter: str) -> DecisionObserver:
             return DecisionObserver(adapter, cap, sample, ledger)
         return (ExternalProcessorService(self.pipeline, observer("ext_proc"), ledger),
-                AuthorizationService(self.pipeline, observer("ext_authz"), ledger))
+                AuthorizationService(self.pipeline, observer("ext_authz"), ledger),
+                AccessLogService(Settler(self.quota, ledger)))
 
     async def run(self, stop: asyncio.Event) -> None:
         server = grpc.aio.server(options=_GRPC_OPTIONS)
         tracing.configure()
-        ext_proc_service, authz_service = self.servicers()
+        ext_proc_service, authz_service, access_log_service = self.servicers()
         ext_proc.add_to_server(ext_proc_service, server)
         ext_authz.add_to_server(authz_service, server)
+        access_log.add_to_server(access_log_service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         for address in self.settings.listen:
             if address.startswith("unix:"):
@@ -166,6 +171,7 @@ class Worker:
         if route_sync is not None:
             route_sync.cancel()
         await ext_proc_service.drain()  # settle what ended during the drain
+        await access_log_service.drain()
         if records is not None and self.ledger is not None:
             records.cancel()
             await self.ledger.close()  # write what the drain recorded

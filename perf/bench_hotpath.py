@@ -106,7 +106,7 @@ async def run(args: argparse.Namespace, bench: Bench) -> dict[str, list[float]]:
     await worker.quota.store.start()  # type: ignore[union-attr]
     assert worker.ledger is not None
     records = asyncio.create_task(worker.ledger.run())
-    full, _ = worker.servicers()
+    full, _, _ = worker.servicers()
     messages = chat_messages(bench.token)
     await drive(full, messages, 200, 4)  # warm-up: JWKS fetch, token cache, connections
     await full.drain()

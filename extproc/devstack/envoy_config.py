@@ -13,6 +13,7 @@ from extproc.routing.table import failover_chains, failover_cluster
 ENVOY_DIR = Path(__file__).resolve().parents[2] / "envoy"
 GATEWAY_TEMPLATE = ENVOY_DIR / "gateway.yaml"
 AUTH_GUARD_LUA = ENVOY_DIR / "auth_guard.lua"
+USAGE_LUA = ENVOY_DIR / "usage.lua"
 
 
 @dataclass(frozen=True)
@@ -110,5 +111,6 @@ def render(
         "TRACE_SAMPLING_PERCENT": trace_sampling_percent,
         "REQUEST_TIMEOUT": request_timeout,
         "AUTH_GUARD_LUA": (auth_guard or AuthGuard()).lua(),
+        "USAGE_LUA": json.dumps(USAGE_LUA.read_text()),
     }
     return string.Template(template.read_text()).substitute(values)

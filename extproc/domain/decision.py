@@ -48,11 +48,12 @@ class Decision:
     degraded: str | None = None
     #: A new request body for the upstream (e.g. ``max_tokens`` clamped to the budget left).
     body_rewrite: bytes | None = None
-    #: A streamed response whose usage another ext_proc stream reads (the "usage" filter,
-    #: envoy/README.md): how that stream settles the quota (``quota.recipe.SettleRecipe`` JSON).
+    #: A streamed response whose usage Envoy's usage reader reads and whose end the access log
+    #: brings to settlement (envoy/README.md "Usage accounting"): how it settles the quota
+    #: (``quota.recipe.SettleRecipe`` JSON).
     usage_recipe: str | None = None
-    #: The usage filter reads this (streamed) response: it settles with ``usage_recipe``, if
-    #: any, and writes the usage record.
+    #: Envoy's usage reader reads this (streamed) response: settlement settles it with
+    #: ``usage_recipe``, if any, and writes the usage record.
     usage_stream: bool = False
     #: For the decision record: the verified identity (never the token), every quota limit the
     #: admission evaluated (``quota.store.Admission``), and the prompt's share of the estimate.
@@ -91,7 +92,7 @@ class Decision:
             headers.append(("x-extproc-failover", str(self.retries)))
             headers.append(("x-envoy-max-retries", str(self.retries)))
         if self.usage_stream:
-            headers.append(("x-extproc-usage", "stream"))  # routes to the usage filter (envoy/README.md)
+            headers.append(("x-extproc-usage", "stream"))  # routes to the usage reader (envoy/README.md)
         if self.tenant:
             headers.append(("x-extproc-tenant", self.tenant))
         if self.model:
@@ -121,6 +122,9 @@ class Decision:
             ("plan", self.identity.plan if self.identity else None),
             ("degraded", self.degraded),
             ("prompt_tokens", str(self.prompt_tokens) if self.usage_stream else None),
+            # Envoy's usage reader reads this response and its access log brings the end to
+            # settlement (envoy/README.md "Usage accounting").
+            ("usage", "stream" if self.usage_stream else None),
         ):
             if value:
                 meta[key] = value

@@ -1,5 +1,5 @@
 """Token usage as the model reported it, from a complete JSON response body (pure).
-Streamed (SSE) responses: ``domain.sse_usage``.
+Streamed (SSE) responses are read inside Envoy (``envoy/usage.lua``).
 
 OpenAI-compatible chat/completions and embeddings (``usage.prompt_tokens``,
 ``completion_tokens``, ``total_tokens``, ``prompt_tokens_details.cached_tokens``,
@@ -50,11 +50,11 @@ class Usage:
 
 
 #: Larger counts are not usage but garbage (and would not fit a record's int64).
-_MAX_TOKENS = 1 << 53
+MAX_TOKENS = 1 << 53
 
 
 def _int(value: Any) -> int | None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_TOKENS
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS
     return value if ok else None
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
-from datetime import datetime
 from typing import Any
 
 import grpc
@@ -59,30 +57,6 @@ def response_status(headers: pb.HttpHeaders) -> int:
             value = header_value(h)
             return int(value) if value.isdigit() else 0
     return 0
-
-
-def forwarded_metadata(request: pb.ProcessingRequest) -> dict[str, str]:
-    """Our dynamic metadata that Envoy forwarded to this stream, as strings
-    (``metadata_options.forwarding_namespaces``: the usage filter gets the decision's)."""
-    namespace = request.metadata_context.filter_metadata.get(METADATA_NAMESPACE)
-    if namespace is None:
-        return {}
-    return {key: value.string_value for key, value in namespace.fields.items() if value.string_value}
-
-
-def response_attributes(request: pb.ProcessingRequest) -> tuple[int, float | None]:
-    """``response.code`` and ``request.time`` (unix seconds), which the usage filter asks for
-    (``response_attributes``) instead of the response headers: Envoy sends them with its first
-    message of the response. (0, None) when absent."""
-    status, started = 0, None
-    for attributes in request.attributes.values():
-        fields = attributes.fields
-        if "response.code" in fields:
-            status = int(fields["response.code"].number_value)
-        if "request.time" in fields:
-            with contextlib.suppress(ValueError):
-                started = datetime.fromisoformat(fields["request.time"].string_value).timestamp()
-    return status, started
 
 
 def request_facts(headers: pb.HttpHeaders, listener: str) -> RequestFacts:

@@ -12,7 +12,6 @@ import grpc
 
 from extproc.domain.decision import Decision
 from extproc.domain.facts import RequestFacts
-from extproc.domain.sse_usage import SseUsageReader, StreamUsage
 from extproc.domain.usage import Measured, ResponseEnd, Usage, measure_response, measure_stream
 from extproc.envoy_api import ext_proc as codec
 from extproc.ledger.records import Timing, charged_tokens, cost_units, usage_record
@@ -28,11 +27,9 @@ from extproc.telemetry.tracing import DecisionSpan
 log = logging.getLogger("extproc.usage")
 
 _ADAPTER = "ext_proc"
-#: The listener name (gRPC metadata) of the second, observe-only ext_proc filter that reads
-#: streamed responses (envoy/README.md "Streamed usage").
-USAGE_LISTENER = "usage"
-#: How long the admitting stream leaves a streamed decision to the usage stream before it
-#: settles with the estimate itself (the settle script makes sure only one of them counts).
+#: How long the admitting stream leaves a streamed decision to the access log's settlement
+#: (``settlement.settler``) before it settles with the estimate itself (the settle script makes
+#: sure only one of them counts).
 USAGE_SETTLE_GRACE_S = 5.0
 #: Stands in for the facts of a request whose headers could not be read.
 _UNREADABLE = RequestFacts(method="", path="", host="", headers={})
@@ -84,9 +81,6 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
 
     async def Process(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
         listener = listener_name(context)
-        if listener == USAGE_LISTENER:
-            await self._observe_usage(context)
-            return
         stream = _Stream()
         STREAMS_OPEN.inc()
         try:
@@ -124,9 +118,10 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
 
     async def _usage_stream_fallback(self, decision: Decision, recipe_json: str, stream: _Stream,
                                      ended_at: float) -> None:
-        """The usage filter's stream reads this response, settles it and writes its record. If it
-        has not after a grace period (no response body, the sidecar unreachable for it), settle
-        with the estimate and write the record here; the settled marker lets only one count."""
+        """Envoy's usage reader reads this streamed response and its access log brings the end to
+        the settler, which settles it and writes its record. If that has not happened after a
+        grace period (the access log lost, the sidecar unreachable for it), settle with the
+        estimate and write the record here; the settled marker lets only one count."""
         await asyncio.sleep(USAGE_SETTLE_GRACE_S)
         recipe = SettleRecipe.from_json(recipe_json)
         if recipe.counts_tokens:
@@ -139,7 +134,7 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
         # Settled here (the usage stream never came), or the store could not be reached by
         # either stream: the counters keep the estimate, and this record says so.
         USAGE_SETTLEMENTS.labels("admitting_stream").inc()
-        log.info("streamed response settled with its estimate by the deciding stream (no usage stream)",
+        log.info("streamed response settled with its estimate by the deciding stream (no access log)",
                  extra={"decision_id": decision.decision_id, "status": stream.status})
         self._record(decision, stream, ended_at, measured,
                      charged_tokens(decision, measured, recipe.counts_tokens, settled), streamed=True)
@@ -159,76 +154,6 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
         task = asyncio.get_running_loop().create_task(work)
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
-
-    async def _observe_usage(self, context: grpc.aio.ServicerContext) -> None:
-        """The usage filter's stream (Envoy observability mode): read, never answer, so the
-        response reaches the client without waiting for us. Settles when the stream ends.
-
-        Envoy sends it only the response body (envoy/README.md "Streamed usage"): the first
-        message carries the decision's metadata and the ``response.code`` / ``request.time``
-        attributes, so nothing else competes with the deciding stream's answers."""
-        meta: dict[str, str] = {}
-        status, ended = 0, False
-        started: float | None = None  # monotonic instant of Envoy's request.time
-        first_body: float | None = None
-        reader = SseUsageReader()
-        try:
-            # Envoy does not close an observability stream when the response ends (it keeps
-            # it for deferred_close_timeout): the end of the body is our end.
-            while not ended and (request := await context.read()) is not grpc.aio.EOF:
-                if not meta:
-                    meta = codec.forwarded_metadata(request)
-                if request.attributes:
-                    code, at = codec.response_attributes(request)
-                    status = code or status
-                    if at is not None:
-                        started = time.monotonic() - max(0.0, time.time() - at)
-                kind = request.WhichOneof("request")
-                if kind == "response_body":
-                    first_body = first_body or time.monotonic()
-                    reader.feed(request.response_body.body)
-                    ended = request.response_body.end_of_stream
-                elif kind == "response_headers":  # an Envoy config that still sends them
-                    status = codec.response_status(request.response_headers)
-                    ended = request.response_headers.end_of_stream
-        except (asyncio.CancelledError, grpc.aio.AbortError, grpc.aio.UsageError):
-            pass  # the request ended early: settle with what was seen
-        finally:
-            if meta.get("decision_id"):
-                start = started if started is not None else (first_body or time.monotonic())
-                # Headers and first chunk of a stream reach the sidecar together.
-                timing = Timing(start, first_body, first_body, time.monotonic())
-                self._background(self._settle_streamed(meta, reader.result(ended), status, ended, timing))
-
-    async def _settle_streamed(self, meta: dict[str, str], seen: StreamUsage, status: int, ended: bool,
-                               timing: Timing) -> None:
-        measured = measure_stream(status, seen.usage, int(meta.get("prompt_tokens") or 0),
-                                  seen.estimated_completion_tokens)
-        charged, source = 0, measured.source
-        if recipe_json := meta.get("settle"):
-            try:
-                recipe = SettleRecipe.from_json(recipe_json)
-                settled = await self._pipeline.settle_streamed(recipe, measured)
-            except Exception:
-                log.exception("settling a streamed response failed; the admitting stream settles it")
-                return
-            if not settled:
-                # False: the admitting stream settled it and wrote its record. None: the store
-                # could not be reached; the admitting stream tries again after its grace period.
-                USAGE_SETTLEMENTS.labels("already_settled" if settled is False else "store_unavailable").inc()
-                return
-            charged = measured.total_tokens if recipe.counts_tokens else 0
-        USAGE_SETTLEMENTS.labels(source).inc()
-        if source != "reported":
-            log.info("streamed response settled without reported usage", extra={
-                "decision_id": meta.get("decision_id"), "source": source, "tokens": measured.total_tokens,
-                "completed": seen.completed and ended, "events": seen.events, "status": status})
-        if self._ledger is not None:
-            # This stream reads the body from its first chunk: it saw the response start.
-            end = ResponseEnd.seen(True, True, ended)
-            self._ledger.usage_from(lambda: usage_record(
-                meta, measured, charged_tokens=charged, status=status, streamed=True, end=end,
-                timing=timing, adapter=_ADAPTER, now_ms=int(time.time() * 1000)))
 
     def _decided(self, decision: Decision, facts: RequestFacts, timer: PhaseTimer,
                  span: DecisionSpan) -> None:

@@ -193,7 +193,7 @@ def test_bad_values_are_refused() -> None:
         render({"policy": {"routing": {"pools": ["pool-z"], "routes": [{"pool": "pool-z"}]}}})
 
 
-@pytest.mark.parametrize("name", ["gateway.yaml", "auth_guard.lua"])
+@pytest.mark.parametrize("name", ["gateway.yaml", "auth_guard.lua", "usage.lua"])
 def test_chart_envoy_bootstrap_is_the_projects(name: str) -> None:
     assert (CHART / "files" / name).read_text() == (ROOT / "envoy" / name).read_text(), \
         f"deploy/k8s/files/{name} drifted from envoy/{name}: cp envoy/{name} deploy/k8s/files/"

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from extproc.domain.sse_usage import MAX_EVENT_BYTES, SseUsageReader
 from extproc.domain.usage import Usage
+from tests.sse_reference import MAX_EVENT_BYTES, SseUsageReader
 
 
 def sse(*events: object, sep: str = "\n\n") -> bytes:

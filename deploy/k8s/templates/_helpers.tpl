@@ -77,5 +77,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- /* The auth guard's Lua (envoy/auth_guard.lua), its thresholds first, as one JSON string. */ -}}
 {{- $guard := printf "local MAX_FAILS, WINDOW_S = %d, %d\n%s" (int $v.envoy.authGuard.failures) (int $v.envoy.authGuard.windowSeconds) (.Files.Get "files/auth_guard.lua") -}}
 {{- $cfg = replace "${AUTH_GUARD_LUA}" (toJson $guard) $cfg -}}
+{{- $cfg = replace "${USAGE_LUA}" (toJson (.Files.Get "files/usage.lua")) $cfg -}}
 {{- $cfg -}}
 {{- end -}}

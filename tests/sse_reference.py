@@ -1,4 +1,6 @@
-"""Token usage from a streamed (SSE) response, read chunk by chunk as it passes (pure).
+"""Token usage from a streamed (SSE) response, read chunk by chunk as it passes (pure): the
+reference the usage reader in Envoy (``envoy/usage.lua``) is tested against. The gateway reads
+streams inside Envoy; this Python reader, which it used before, states the same semantics.
 
 Where each API puts the usage of a stream:
 

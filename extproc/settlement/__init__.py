@@ -1,0 +1,1 @@
+"""Settlement: "request ended" events → quota true-up, lease release, usage records."""
