@@ -124,9 +124,10 @@ class Worker:
 
         def observer(adapter: str) -> DecisionObserver:
             return DecisionObserver(adapter, cap, sample, ledger)
-        return (ExternalProcessorService(self.pipeline, observer("ext_proc"), ledger),
+        settler = Settler(self.quota, ledger)
+        return (ExternalProcessorService(self.pipeline, observer("ext_proc"), ledger, settler),
                 AuthorizationService(self.pipeline, observer("ext_authz"), ledger),
-                AccessLogService(Settler(self.quota, ledger)))
+                AccessLogService(settler))
 
     async def run(self, stop: asyncio.Event) -> None:
         server = grpc.aio.server(options=_GRPC_OPTIONS)

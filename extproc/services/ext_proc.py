@@ -19,6 +19,7 @@ from extproc.ledger.writer import LedgerWriter
 from extproc.pipeline import AwaitingBody, Pipeline
 from extproc.quota.recipe import SettleRecipe
 from extproc.services.common import internal_error, listener_name
+from extproc.settlement.settler import Settler
 from extproc.telemetry.decisions import DecisionObserver
 from extproc.telemetry.metrics import STREAMS_OPEN, USAGE_SETTLEMENTS
 from extproc.telemetry.timing import PhaseTimer
@@ -72,11 +73,13 @@ async def _read_by(context: grpc.aio.ServicerContext, due: float) -> Any:
 
 class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
     def __init__(self, pipeline: Pipeline, observer: DecisionObserver | None = None,
-                 ledger: LedgerWriter | None = None) -> None:
-        """``ledger``: where usage records go (None: none are kept)."""
+                 ledger: LedgerWriter | None = None, settler: Settler | None = None) -> None:
+        """``ledger``: where usage records go (None: none are kept). ``settler``: this process's
+        settlement of access-log entries (what it settled, the fallback need not ask Redis)."""
         self._pipeline = pipeline
         self._observer = observer or DecisionObserver(_ADAPTER)
         self._ledger = ledger
+        self._settler = settler
         self._settling: set[asyncio.Task[None]] = set()
 
     async def Process(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
@@ -123,6 +126,8 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
         grace period (the access log lost, the sidecar unreachable for it), settle with the
         estimate and write the record here; the settled marker lets only one count."""
         await asyncio.sleep(USAGE_SETTLE_GRACE_S)
+        if self._settler is not None and self._settler.settled_here(decision.decision_id):
+            return
         recipe = SettleRecipe.from_json(recipe_json)
         if recipe.counts_tokens:
             measured = measure_response(stream.status, None, decision.estimate_tokens)
@@ -130,9 +135,9 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
             measured = measure_stream(stream.status, None, decision.prompt_tokens, 0)
         settled = await self._pipeline.settle_streamed(recipe, measured)
         if settled is False:
-            return  # the usage filter's stream settled it and wrote the record
-        # Settled here (the usage stream never came), or the store could not be reached by
-        # either stream: the counters keep the estimate, and this record says so.
+            return  # settled from its access-log entry (in another process), record written
+        # Settled here (the access log never came), or the store could not be reached by
+        # either: the counters keep the estimate, and this record says so.
         USAGE_SETTLEMENTS.labels("admitting_stream").inc()
         log.info("streamed response settled with its estimate by the deciding stream (no access log)",
                  extra={"decision_id": decision.decision_id, "status": stream.status})

@@ -28,6 +28,9 @@ log = logging.getLogger("extproc.usage")
 
 #: The settlement source of a streamed response its reader never saw (no body passed).
 _NOTHING_SEEN = UsageSeen(None, False, 0)
+#: Decisions this process settled lately, remembered so that the deciding stream's fallback
+#: (after its grace period) need not ask Redis again; well beyond a grace period's worth.
+_REMEMBERED = 100_000
 
 
 class Settler:
@@ -36,6 +39,16 @@ class Settler:
         self._quota = quota
         self._ledger = ledger
         self._adapter = adapter
+        self._settled: dict[str, None] = {}
+
+    def settled_here(self, decision_id: str) -> bool:
+        """This process settled the decision already (from its access-log entry)."""
+        return decision_id in self._settled
+
+    def _remember(self, decision_id: str) -> None:
+        if len(self._settled) >= _REMEMBERED:
+            del self._settled[next(iter(self._settled))]
+        self._settled[decision_id] = None
 
     async def ended(self, events: Sequence[RequestEnded]) -> None:
         """Settle a batch of ended requests. The settle calls of one batch leave together (the
@@ -57,6 +70,8 @@ class Settler:
                 log.exception("settling a streamed response failed; the admitting stream settles it",
                               extra={"decision_id": meta.get("decision_id")})
                 return
+            if settled is not None:
+                self._remember(meta.get("decision_id", ""))
             if not settled:
                 # False: the admitting stream settled it and wrote its record. None: the store
                 # could not be reached; the admitting stream tries again after its grace period.
