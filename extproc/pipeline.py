@@ -67,7 +67,7 @@ class Pipeline:
                  usage_records: bool = False) -> None:
         """``routes``: the live table; without it, the policy file's table (static routing).
         ``usage_records``: usage records are kept (ledger), so every streamed response goes
-        through the usage filter, not only those with a quota to settle."""
+        through the usage reader, not only those with a quota to settle."""
         self._config = config
         self._authenticator = authenticator
         self._quota = quota or QuotaService(None)
@@ -232,7 +232,7 @@ class Pipeline:
 
     def _usage_recipe(self, streamed: bool, ticket: QuotaTicket | None, decision_id: str,
                       identity: Identity) -> str | None:
-        """A streamed response's usage is read by the usage filter's stream: it settles with this.
+        """A streamed response's usage is read in Envoy and settled from its access-log entry with this.
         Without limits to settle, only when usage records are kept (the recipe then only says
         which of the two streams writes the record)."""
         if not streamed:
@@ -247,9 +247,9 @@ class Pipeline:
         return await _off_loop_if_large(usage_from_json, raw)
 
     async def settle_streamed(self, recipe: SettleRecipe, measured: Measured) -> bool | None:
-        """The usage filter's stream read a streamed response to its end (or the end came
-        early): settle with what it used. False when the admitting stream settled first
-        (it waits a grace period for this one); None when the store could not be reached."""
+        """Settle a streamed response with what it used (the deciding stream's fallback, after
+        its grace period). False when it was settled already (from its access-log entry); None
+        when the store could not be reached."""
         return await self._quota.settle_recipe(recipe, measured.total_tokens)
 
     async def settle(self, decision: Decision, measured: Measured | None = None) -> bool | None:

@@ -39,7 +39,7 @@ class DemoPool:
             only = request.headers.get("x-demo-status-pools")
             if only is not None and self.name not in only.split(","):
                 status = ""
-            if status == "204":  # a response without a body (nothing for the usage filter to read)
+            if status == "204":  # a response without a body (nothing for the usage reader to read)
                 await request.read()
                 return web.Response(status=204, headers=self._headers(request))
             if status.isdigit() and 400 <= int(status) <= 599:

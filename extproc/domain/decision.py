@@ -117,7 +117,7 @@ class Decision:
             ("model_served", self.model_served),
             ("rule", self.rule),
             ("settle", self.usage_recipe),
-            # What the usage filter's stream needs for the usage record.
+            # What settlement needs for the usage record of a streamed response.
             ("subject", self.identity.subject if self.identity else None),
             ("plan", self.identity.plan if self.identity else None),
             ("degraded", self.degraded),

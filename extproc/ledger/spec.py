@@ -34,7 +34,7 @@ class RecordSettings:
 
 def keeps_allowed(decision_id: str, sample: float) -> bool:
     """Whether an allowed decision's record is kept: decided by the id's random tail, so every
-    process (the deciding stream, the usage filter's) agrees without telling each other."""
+    process (the deciding stream, the access log's settlement) agrees without telling each other."""
     if sample >= 1.0:
         return True
     if sample <= 0.0:

@@ -109,7 +109,7 @@ class ExternalProcessorService(codec.Servicer):  # type: ignore[misc]
         if decision.usage_stream and decision.usage_recipe is not None:
             await self._usage_stream_fallback(decision, decision.usage_recipe, stream, ended_at)
             return
-        if decision.usage_stream:  # no recipe (quota store degraded): the usage stream records
+        if decision.usage_stream:  # no recipe (quota store degraded): settlement records it
             await self._pipeline.settle(decision)
             return
         ticket = decision.quota

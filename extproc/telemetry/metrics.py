@@ -71,7 +71,7 @@ ROUTES_UPDATES = Counter("extproc_routes_updates_total",
                          "Routing table versions seen, by result (applied, rejected)", ["result"])
 USAGE_SETTLEMENTS = Counter(
     "extproc_streamed_usage_settlements_total",
-    "Streamed responses settled, by source: by the usage filter's stream (reported, estimated, "
+    "Streamed responses settled, by source: from their access-log entry (reported, estimated, "
     "upstream_error; already_settled when it came second) or by the admitting stream with the "
     "estimate after its grace period (admitting_stream)", ["source"])
 RECORDS = Counter(
