@@ -22,7 +22,7 @@ from extproc.domain.decision import Decision, allow, deny
 from extproc.domain.facts import RequestFacts
 from extproc.domain.identity import ANONYMOUS, Identity
 from extproc.domain.ids import new_decision_id
-from extproc.domain.params import RequestParams, read_params
+from extproc.domain.params import NO_PARAMS, RequestParams, read_params
 from extproc.domain.reasons import InvalidRequest, Reason
 from extproc.domain.request_body import BodyFormat, RequestBody, read_body
 from extproc.domain.usage import Measured, Usage, usage_from_json
@@ -30,7 +30,6 @@ from extproc.identity.authenticator import IdentityUnavailable
 from extproc.identity.base import Authenticator
 from extproc.identity.tokens import TokenError
 from extproc.quota import headers as quota_headers
-from extproc.quota.plan import NO_PARAMS
 from extproc.quota.recipe import SettleRecipe
 from extproc.quota.service import QuotaService, QuotaTicket
 from extproc.routing.table import RoutingTable

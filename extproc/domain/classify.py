@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from extproc.domain.reasons import InvalidRequest, Reason
+from extproc.domain.reasons import InvalidRequest, Reason, quoted, shown
 
 
 class WorkloadClass(StrEnum):
@@ -108,7 +108,7 @@ def canonical_model(value: Any, where: str) -> str:
     is not a plain name (README "Model names") is an ``InvalidRequest`` that says why, never
     treated as "no model": a name the gateway cannot read must not escape model-keyed rules."""
     if not isinstance(value, str):
-        raise InvalidRequest(Reason.INVALID_MODEL, f"{where} must be a string, not {_json_type(value)}")
+        raise InvalidRequest(Reason.INVALID_MODEL, f"{where} must be a string, not {shown(value)}")
     if not value:
         raise InvalidRequest(Reason.INVALID_MODEL, f"{where} is empty")
     if len(value) > MAX_MODEL_LENGTH:
@@ -119,14 +119,9 @@ def canonical_model(value: Any, where: str) -> str:
         bad = value[plain.end()]
         raise InvalidRequest(
             Reason.INVALID_MODEL,
-            f"{where} {value[:64]!r} has a character that is not allowed: U+{ord(bad):04X} at position "
+            f"{where} {quoted(value)} has a character that is not allowed: U+{ord(bad):04X} at position "
             f"{plain.end()} (model names are ASCII letters, digits and . _ : / @ + -, without spaces)")
     return value.lower()
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number"}
-    return names.get(type(value), "null" if value is None else type(value).__name__)
 
 
 class _CompiledRule:

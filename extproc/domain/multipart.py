@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from extproc.domain.reasons import quoted
+
 #: RFC 2046: 1 to 70 characters from this set, not ending with a space.
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 _PARAM = re.compile(r';\s*([A-Za-z0-9_*-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)')
@@ -90,11 +92,11 @@ def read_form(raw: bytes, boundary: str) -> Form:
 def _text_field(fields: dict[str, str], spans: dict[str, tuple[int, int]], name: str, raw: bytes,
                 start: int, end: int) -> None:
     if name in fields and not name.endswith("[]"):
-        raise FormError(f"form field {_quoted(name)} appears more than once")
+        raise FormError(f"form field {quoted(name)} appears more than once")
     try:
         fields[name] = raw[start:end].decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise FormError(f"form field {_quoted(name)} is not UTF-8") from exc
+        raise FormError(f"form field {quoted(name)} is not UTF-8") from exc
     spans[name] = (start, end)
 
 
@@ -134,7 +136,3 @@ def _params(header: str) -> dict[str, str]:
             value = re.sub(r"\\(.)", r"\1", value[1:-1])
         out[key.lower()] = value
     return out
-
-
-def _quoted(name: str) -> str:
-    return repr(name[:64])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from extproc.domain.classify import TokenUse
-from extproc.domain.reasons import InvalidRequest, Reason
+from extproc.domain.reasons import InvalidRequest, Reason, shown
 from extproc.domain.token_estimate import value_tokens
 
 #: The fields that cap a completion, in every API the gateway knows (Chat Completions names
@@ -58,13 +58,15 @@ class TokenDemand:
 
 
 NO_TOKENS = TokenDemand()
+#: A request that names nothing (no body, or a body without prompt or caps).
+NO_PARAMS = RequestParams()
 
 
 def read_params(fields: Mapping[str, Any] | None, form: bool = False) -> RequestParams:
     """The parameters of a body's fields (a JSON object, or a form's text fields when ``form``).
     ``InvalidRequest`` (400 ``invalid_parameter``) for a value of the wrong type or range."""
     if not fields:
-        return RequestParams()
+        return NO_PARAMS
     caps = [(name, _count(fields[name], name, form, 0)) for name in COMPLETION_CAP_FIELDS
             if fields.get(name) is not None]
     choices = max(_count(fields.get("n"), "n", form, 1, MAX_CHOICES) or 1,
@@ -97,7 +99,7 @@ def _flag(value: Any, name: str, form: bool) -> bool:
     if form and value in ("true", "false"):
         return bool(value == "true")
     raise InvalidRequest(Reason.INVALID_PARAMETER,
-                         f"{name} must be true or false, not {_shown(value)}")
+                         f"{name} must be true or false, not {shown(value)}")
 
 
 def _count(value: Any, name: str, form: bool, low: int, high: int = MAX_COUNT) -> int | None:
@@ -112,7 +114,7 @@ def _count(value: Any, name: str, form: bool, low: int, high: int = MAX_COUNT) -
         number = int(value)
     if number is None or not low <= number <= high:
         raise InvalidRequest(Reason.INVALID_PARAMETER,
-                             f"{name} must be a whole number from {low} to {high}, not {_shown(value)}")
+                             f"{name} must be a whole number from {low} to {high}, not {shown(value)}")
     return number
 
 
@@ -121,18 +123,3 @@ def _whole(value: Any, form: bool) -> bool:
     if isinstance(value, float):
         return value.is_integer() and abs(value) <= MAX_COUNT
     return form and isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16
-
-
-def _shown(value: Any) -> str:
-    """A bounded rendering of a client's value for an error message (never the whole input)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        if isinstance(value, float) and not value.is_integer():
-            return "a fractional number"
-        return str(int(value)) if abs(value) < 10**12 else "a number out of range"
-    if isinstance(value, str):
-        return f"the string {value[:32]!r}" + ("…" if len(value) > 32 else "")
-    if isinstance(value, dict):
-        return "an object"
-    return "a list" if isinstance(value, list) else "that value"

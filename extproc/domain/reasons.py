@@ -7,6 +7,7 @@ metrics labels and decision records. Add new members; never rename existing ones
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 
 class Reason(StrEnum):
@@ -114,6 +115,27 @@ _ERROR_TYPE: dict[Reason, str] = {
     Reason.BUDGET_EXHAUSTED: "insufficient_quota",
     Reason.CONCURRENCY_LIMITED: "rate_limit_error",
 }
+
+
+def quoted(text: str) -> str:
+    """A client's text in a message: its first 64 characters, escaped (``repr``)."""
+    return repr(text[:64])
+
+
+def shown(value: Any) -> str:
+    """A client's JSON value in a message, bounded: never the whole input (a 300-digit number is
+    "a number out of range")."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not value.is_integer():
+            return "a fractional number"
+        return str(int(value)) if abs(value) < 10**12 else "a number out of range"
+    if isinstance(value, str):
+        return f"the string {value[:32]!r}" + ("…" if len(value) > 32 else "")
+    if isinstance(value, dict):
+        return "an object"
+    return "a list" if isinstance(value, list) else "null" if value is None else "that value"
 
 
 class InvalidRequest(Exception):

@@ -21,7 +21,7 @@ from enum import Enum
 from typing import Any
 
 from extproc.domain.multipart import Form, FormError, boundary_of, read_form
-from extproc.domain.reasons import InvalidRequest, Reason
+from extproc.domain.reasons import InvalidRequest, Reason, quoted
 
 
 class BodyFormat(Enum):
@@ -56,7 +56,7 @@ def body_format(headers: Mapping[str, str]) -> BodyFormat:
     encoding = headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise InvalidRequest(Reason.UNSUPPORTED_MEDIA_TYPE,
-                          f"compressed request bodies (content-encoding {_short(encoding)}) are not "
+                          f"compressed request bodies (content-encoding {quoted(encoding)}) are not "
                           "accepted here; send the body uncompressed")
     content_type = headers.get("content-type", "")
     media = content_type.split(";", 1)[0].strip().lower()
@@ -65,7 +65,7 @@ def body_format(headers: Mapping[str, str]) -> BodyFormat:
     if media == "multipart/form-data":
         return BodyFormat.FORM
     raise InvalidRequest(Reason.UNSUPPORTED_MEDIA_TYPE,
-                      f"content-type {_short(media)} is not accepted for this request; send "
+                      f"content-type {quoted(media)} is not accepted for this request; send "
                       "application/json (or multipart/form-data where the API takes a form)")
 
 
@@ -99,7 +99,3 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         repeated = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
         raise ValueError(f"key {repeated[:64]!r} appears more than once in an object")
     return doc
-
-
-def _short(text: str) -> str:
-    return repr(text[:64])

@@ -38,7 +38,12 @@ class TextTally:
 
     @property
     def tokens(self) -> int:
-        return -(-self.ascii_bytes // ASCII_BYTES_PER_TOKEN) + self.other_bytes
+        return tokens_of(self.ascii_bytes, self.other_bytes)
+
+
+def tokens_of(ascii_bytes: int, other_bytes: int) -> int:
+    """The rule: ASCII bytes / 4, rounded up, plus a token per non-ASCII byte."""
+    return -(-ascii_bytes // ASCII_BYTES_PER_TOKEN) + other_bytes
 
 
 def text_tokens(text: str) -> int:

@@ -16,7 +16,7 @@ from envoy.service.accesslog.v3 import als_pb2
 from envoy.service.accesslog.v3 import als_pb2_grpc as pb_grpc
 from google.protobuf import duration_pb2
 
-from extproc.domain.token_estimate import ASCII_BYTES_PER_TOKEN
+from extproc.domain.token_estimate import tokens_of
 from extproc.domain.usage import MAX_TOKENS, ResponseEnd, Usage
 from extproc.envoy_api.ext_proc import METADATA_NAMESPACE
 from extproc.ledger.records import Timing
@@ -84,7 +84,7 @@ def _usage_seen(struct: Any) -> UsageSeen | None:
     usage = None
     if count("reported"):
         usage = Usage(count("prompt"), count("completion"), count("cached"), count("reasoning"))
-    text_tokens = -(-count("text_ascii") // ASCII_BYTES_PER_TOKEN) + count("text_other")
+    text_tokens = tokens_of(count("text_ascii"), count("text_other"))
     return UsageSeen(usage, bool(count("completed")), text_tokens, count("events"))
 
 

@@ -83,7 +83,8 @@ class LedgerWriter:
             record = build()
         except Exception as exc:
             RECORDS.labels("usage", "invalid").inc()
-            log.error("usage record could not be built; dropped", extra={"error": _bounded(exc)})
+            log.error("usage record could not be built; dropped",
+                      extra={"error": f"{type(exc).__name__}: {exc}"})
             return
         self._queue(record, settings)
 
@@ -150,7 +151,8 @@ class LedgerWriter:
             except Exception as exc:  # one bad record must not hold back the ones behind it
                 RECORDS.labels("decision", "invalid").inc()
                 log.error("decision record could not be built; dropped",
-                          extra={"decision_id": item.decision.decision_id, "error": _bounded(exc)})
+                          extra={"decision_id": item.decision.decision_id,
+                                 "error": f"{type(exc).__name__}: {exc}"})
         if counts["usage"]:
             pipe.xtrim(USAGE_STREAM, minid=str(now_ms - settings.usage_max_age_s * 1000), approximate=True)
         await pipe.execute()
@@ -190,8 +192,3 @@ class LedgerWriter:
         except Exception as exc:
             log.warning("records not written at shutdown", extra={
                 "pending": len(self._pending), "error": f"{type(exc).__name__}: {exc}"[:200]})
-
-
-def _bounded(exc: Exception) -> str:
-    """What went wrong, without copying a value from the request whole into the log."""
-    return f"{type(exc).__name__}: {str(exc)[:200]}"

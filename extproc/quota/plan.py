@@ -11,11 +11,8 @@ from urllib.parse import quote
 
 from extproc.domain.classify import Classification, TokenUse
 from extproc.domain.identity import Identity
-from extproc.domain.params import RequestParams, token_demand
+from extproc.domain.params import NO_PARAMS, RequestParams, token_demand
 from extproc.quota.spec import Budget, QuotaPolicy, QuotaSettings, Rate, Unit
-
-#: A request that names nothing (no body, or a body without prompt or caps).
-NO_PARAMS = RequestParams()
 
 
 @dataclass(frozen=True, slots=True)
