@@ -54,6 +54,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import openloop  # noqa: E402
+from bench_gateway import process_cpu_seconds  # noqa: E402
 from redis import Redis  # noqa: E402
 
 from extproc.devstack.envoy_config import AuthGuard  # noqa: E402
@@ -223,15 +224,11 @@ async def sidecar_killed(run: Run) -> dict[str, Any]:
             "invariants": invariants, "_series": {"acme (pro)": result}, "_marks": {"worker killed": fault_at}}
 
 
-def _cpu_seconds(stack: Stack) -> dict[str, float]:
+def _stack_cpu_seconds(stack: Stack) -> dict[str, float]:
     """CPU seconds used so far by Envoy and by the sidecar (its supervisor and workers)."""
-    def of(pid: int) -> float:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     supervisor = stack.children[0].proc.pid
-    return {"envoy": of(stack.children[1].proc.pid),
-            "sidecar": of(supervisor) + sum(of(pid) for pid in _worker_pids(stack))}
+    return {"envoy": process_cpu_seconds(stack.children[1].proc.pid),
+            "sidecar": sum(process_cpu_seconds(pid) for pid in (supervisor, *_worker_pids(stack)))}
 
 
 def _worker_pids(stack: Stack) -> list[int]:
@@ -261,10 +258,10 @@ async def token_flood(run: Run) -> dict[str, Any]:
         summary: dict[str, Any] = json.loads(out)
         return summary
 
-    cpu_before = _cpu_seconds(run.stack)
+    cpu_before = _stack_cpu_seconds(run.stack)
     (good, flood_summary), fault_at, fault_end = await run.with_fault([valid, flood()], lambda: None,
                                                                       lambda: None)
-    cpu = {name: round(after - cpu_before[name], 2) for name, after in _cpu_seconds(run.stack).items()}
+    cpu = {name: round(after - cpu_before[name], 2) for name, after in _stack_cpu_seconds(run.stack).items()}
     by_phase = phases(good.samples, fault_at, fault_end)
     statuses = dict(flood_summary["statuses"])
     if flood_summary["errors"]:

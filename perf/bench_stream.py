@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "perf"))
 
-from bench_gateway import Bench  # noqa: E402
+from bench_gateway import Bench, thread_cpu_seconds  # noqa: E402
 from redis import Redis  # noqa: E402
 
 from extproc.ledger.records import SOURCE_NAMES, UsageRecord  # noqa: E402
@@ -53,18 +53,6 @@ PROMPT_TOKENS = 24
 AFTER_S = 6.0
 IDLE_S = 5.0
 MESSAGES = [{"role": "user", "content": "Tell me a story about a lighthouse keeper, please."}]
-
-
-def _cpu_seconds(pid: int) -> float:
-    """CPU time of every thread of the process, in ns precision (``/proc/PID/task/*/schedstat``;
-    the 10 ms clock ticks of ``/proc/PID/stat`` are too coarse for a few hundred requests)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # a thread that ended meanwhile
-    return total / 1e9
 
 
 # --- the upstream ---------------------------------------------------------------------------
@@ -196,24 +184,24 @@ def main() -> int:
         # What the sidecar burns idle (timers, the records writer): taken off each run's
         # after-period, which each run waits out so that its own deferred work (settlements,
         # records, the deciding streams' grace-period fallbacks) is charged to it, not to the next.
-        idle0 = _cpu_seconds(sidecar_pid)
+        idle0 = thread_cpu_seconds(sidecar_pid)
         time.sleep(IDLE_S)
-        idle_rate = (_cpu_seconds(sidecar_pid) - idle0) / IDLE_S
+        idle_rate = (thread_cpu_seconds(sidecar_pid) - idle0) / IDLE_S
         samples: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in runs}
         checked: dict[str, tuple[int, int]] = {}
         for _ in range(args.rounds):
             for name, port, stream, envoy in runs:
-                sidecar_cpu, envoy_cpu = _cpu_seconds(sidecar_pid), _cpu_seconds(envoy_pid[envoy])
+                sidecar_cpu, envoy_cpu = thread_cpu_seconds(sidecar_pid), thread_cpu_seconds(envoy_pid[envoy])
                 started = time.monotonic()
                 answers = asyncio.run(load(port, bench.token, stream, args.requests, args.concurrency))
                 wall = time.monotonic() - started
                 time.sleep(AFTER_S)
                 assert {status for status, _ in answers} == {200}, answers[:3]
                 n = len(answers)
-                sidecar_s = _cpu_seconds(sidecar_pid) - sidecar_cpu - idle_rate * AFTER_S
+                sidecar_s = thread_cpu_seconds(sidecar_pid) - sidecar_cpu - idle_rate * AFTER_S
                 samples[name].append({
                     "sidecar_us": max(0.0, sidecar_s) / n * 1e6 if envoy != "plain" else 0.0,
-                    "envoy_us": (_cpu_seconds(envoy_pid[envoy]) - envoy_cpu) / n * 1e6,
+                    "envoy_us": (thread_cpu_seconds(envoy_pid[envoy]) - envoy_cpu) / n * 1e6,
                     "wall_s": wall})
                 if name.startswith("C full sidecar, streamed"):
                     found, exact = records_match(bench.redis.url, [d for _, d in answers], args.chunks)

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "perf"))
 
-from bench_gateway import CHAT_BODY, Bench, _cpu_seconds, cpu_us_per_request, run_wrk  # noqa: E402
+from bench_gateway import CHAT_BODY, Bench, cpu_us_per_request, process_cpu_seconds, run_wrk  # noqa: E402
 
 WORKLOADS = {"chat": ("/v1/chat/completions", CHAT_BODY), "models": ("/v1/models", None)}
 
@@ -79,7 +79,7 @@ def main() -> int:
                                 "--output", str(raw), "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         load: dict[str, float] = {}
-        cpu0 = _cpu_seconds(pid)
+        cpu0 = process_cpu_seconds(pid)
         worker = threading.Thread(target=lambda: load.update(
             run_wrk(url, bench.token, body, args.seconds, args.connections, workdir)))
         worker.start()

@@ -58,13 +58,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def send(stack: Stack, body: bytes, content_type: str, token: str, port: int | None = None,
          path: str = CHAT, headers: dict[str, str] | None = None) -> Response:
-    conn = http.client.HTTPConnection("127.0.0.1", port or stack.ports.ext_proc, timeout=30)
-    conn.request("POST", path, body=body, headers={"content-type": content_type,
-                                                   "authorization": f"Bearer {token}", **(headers or {})})
-    resp = conn.getresponse()
-    out = Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
-    conn.close()
-    return out
+    return stack.request("POST", path, raw=body, headers={"content-type": content_type, **(headers or {})},
+                         port=port, token=token)
 
 
 def chat(stack: Stack, token: str, port: int | None = None, headers: dict[str, str] | None = None,
