@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "perf"))
 
 import openloop  # noqa: E402
 import plots as plots_module  # noqa: E402
+import yaml  # noqa: E402
 
 from extproc.devstack.demo import DEMO_CONFIG  # noqa: E402
 from extproc.devstack.envoy_config import EnvoyPorts, render  # noqa: E402
@@ -133,28 +134,37 @@ class Bench:
                                 issuer=self.issuer)
         self.urls: dict[str, str] = {}
         self.sidecar_pid: dict[str, int] = {}
+        #: The Envoy that serves each configuration (the -authz ones share their gateway's).
+        self.envoy_pid: dict[str, int] = {}
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Child:
         child = Child(name, cmd, self.dir, env)
         self.children.append(child)
         return child
 
-    def _envoy(self, name: str, text: str, admin: int) -> None:
+    def _envoy(self, name: str, text: str, admin: int) -> int:
+        """Start an Envoy; its pid."""
         path = self.dir / f"{name}.yaml"
         path.write_text(text)
         child = self._spawn(name, [envoy_binary(), "-c", str(path), "--log-level", "error",
                                    "--base-id", str(admin), "--concurrency", "1"])
         wait_http(f"http://127.0.0.1:{admin}/ready", proc=child.proc)
+        return child.proc.pid
 
-    def start(self, records_ab: bool = False, client_ab: bool = False) -> None:
+    def start(self, records_ab: bool = False, client_ab: bool = False, guard_ab: bool = False) -> None:
         """``records_ab``: also (C-norec), the full sidecar with usage and decision records off.
-        ``client_ab``: also (C-redispy), the full sidecar on redis-py instead of the lean client."""
+        ``client_ab``: also (C-redispy), the full sidecar on redis-py instead of the lean client.
+        ``guard_ab``: also (C-noguard), the same full sidecar behind an Envoy without the auth
+        guard's two filters (envoy/README.md "Auth guard")."""
         self.upstream()
         self.urls["A"] = f"http://127.0.0.1:{self.plain()}"
         self._gateway("B", self.noop_sidecar())
         # (C) the full sidecar
         full, self.sidecar_pid["C"] = self.full_sidecar()
         self._gateway("C", full[0])
+        if guard_ab:
+            self.sidecar_pid["C-noguard"] = self.sidecar_pid["C"]
+            self._gateway("C-noguard", full[0], auth_guard=False)
         if records_ab:
             full, self.sidecar_pid["C-norec"] = self.full_sidecar("sidecar-norec", records=False)
             self._gateway("C-norec", full[0])
@@ -172,8 +182,8 @@ class Bench:
     def plain(self) -> int:
         """(A) plain Envoy in front of pool_a; its port."""
         port, admin = free_port(), free_port()
-        self._envoy("plain", _template("plain.yaml", ADMIN_PORT=admin, LISTEN_PORT=port,
-                                       POOL_A_PORT=self.pool_a), admin)
+        self.envoy_pid["A"] = self._envoy("plain", _template("plain.yaml", ADMIN_PORT=admin, LISTEN_PORT=port,
+                                                             POOL_A_PORT=self.pool_a), admin)
         return port
 
     def noop_sidecar(self) -> str:
@@ -206,20 +216,25 @@ class Bench:
             wait_http(f"http://127.0.0.1:{admin + i}/readyz", proc=child.proc)
         return [f"127.0.0.1:{base + i}" for i in range(workers)], child.proc.pid
 
-    def gateway(self, name: str, sidecars: list[str], usage_filter: bool = True) -> EnvoyPorts:
+    def gateway(self, name: str, sidecars: list[str], usage_filter: bool = True,
+                auth_guard: bool = True) -> EnvoyPorts:
         """An Envoy gateway in front of these sidecar endpoints and the bench pools.
-        ``usage_filter=False``: the streamed-usage filter stays off on every route (A/B runs)."""
+        ``usage_filter=False``: the streamed-usage filter stays off on every route;
+        ``auth_guard=False``: the auth guard's filters are left out (A/B runs)."""
         ports = EnvoyPorts(ext_proc=free_port(), ext_authz=free_port(), admin=free_port(),
                            pool_a=self.pool_a, pool_b=self.pool_b, ops=free_port())
         config = render(sidecars, ports, access_log_path="/dev/null", trace_sampling_percent=0)
         if not usage_filter:
             config = config.replace("{name: x-extproc-usage, present_match: true}",
                                     "{name: x-bench-usage-filter-off, present_match: true}")
-        self._envoy(f"gateway-{name}", config, ports.admin)
+        if not auth_guard:
+            config = _without_auth_guard(config)
+        self.envoy_pid[name] = self._envoy(f"gateway-{name}", config, ports.admin)
         return ports
 
-    def _gateway(self, name: str, sidecar: str) -> None:
-        ports = self.gateway(name, [sidecar])
+    def _gateway(self, name: str, sidecar: str, auth_guard: bool = True) -> None:
+        ports = self.gateway(name, [sidecar], auth_guard=auth_guard)
+        self.envoy_pid[f"{name}-authz"] = self.envoy_pid[name]
         self.urls[name] = f"http://127.0.0.1:{ports.ext_proc}"
         self.urls[f"{name}-authz"] = f"http://127.0.0.1:{ports.ext_authz}"
 
@@ -228,6 +243,19 @@ class Bench:
             child.stop()
         self.issuer_thread.stop()
         self.redis.stop()
+
+
+def _without_auth_guard(config: str) -> str:
+    """The rendered gateway config without the auth guard's filters on any listener."""
+    doc = yaml.safe_load(config)
+    for listener in doc["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                hcm = network_filter["typed_config"]
+                if "http_filters" in hcm:
+                    hcm["http_filters"] = [f for f in hcm["http_filters"]
+                                           if not f["name"].startswith("extproc.auth_guard")]
+    return yaml.safe_dump(doc, sort_keys=False)
 
 
 def main() -> int:
@@ -244,6 +272,8 @@ def main() -> int:
                         help="also run C-redispy (the quota store on redis-py), ext_proc only")
     parser.add_argument("--records-ab", action="store_true",
                         help="also run C-norec (records off), ext_proc only: what records cost")
+    parser.add_argument("--guard-ab", action="store_true",
+                        help="also run C-noguard (no auth guard in Envoy), ext_proc only: what the guard costs")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds, args.latency_seconds = 3, 2, 3
@@ -254,10 +284,11 @@ def main() -> int:
     bench = Bench(workdir)
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     try:
-        bench.start(records_ab=args.records_ab, client_ab=args.client_ab)
+        bench.start(records_ab=args.records_ab, client_ab=args.client_ab, guard_ab=args.guard_ab)
         workloads = {"GET /v1/models": ("/v1/models", None), "POST /v1/chat/completions": (
             "/v1/chat/completions", CHAT_BODY)}
-        configs = ["A", "B", "C", *(["C-norec"] if args.records_ab else []),
+        configs = ["A", "B", "C", *(["C-noguard"] if args.guard_ab else []),
+                   *(["C-norec"] if args.records_ab else []),
                    *(["C-redispy"] if args.client_ab else []), "B-authz", "C-authz"]
         for path, body in workloads.values():  # warm-up: caches, connections, JWKS
             for cfg in configs:
@@ -267,8 +298,11 @@ def main() -> int:
                 for cfg in configs:
                     pid = bench.sidecar_pid.get(cfg.removesuffix("-authz"))
                     cpu0 = process_cpu_seconds(pid) if pid else 0.0
+                    envoy = bench.envoy_pid[cfg]
+                    envoy0 = process_cpu_seconds(envoy)
                     r = run_wrk(bench.urls[cfg] + path, bench.token, body, args.seconds, args.connections,
                                 workdir)
+                    r["envoy_cpu_us_per_request"] = cpu_us_per_request(envoy, envoy0, r["requests"])
                     if pid:
                         r["sidecar_cpu_us_per_request"] = cpu_us_per_request(pid, cpu0, r["requests"])
                         r["sidecar_rss_mb"] = _rss_mb(pid)
@@ -335,7 +369,8 @@ def summarize(results: dict[str, dict[str, list[dict[str, float]]]], args: argpa
     table = {}
     for workload, by_cfg in results.items():
         rows = {cfg: {k: med(runs, k) for k in ("rps", "p50_ms", "p90_ms", "p99_ms", "non_2xx",
-                                                "sidecar_cpu_us_per_request", "sidecar_rss_mb")}
+                                                "sidecar_cpu_us_per_request", "sidecar_rss_mb",
+                                                "envoy_cpu_us_per_request")}
                 for cfg, runs in by_cfg.items()}
         ratios = {}
         for adapter, b, c in (("ext_proc", "B", "C"), ("ext_authz", "B-authz", "C-authz")):
@@ -351,6 +386,13 @@ def summarize(results: dict[str, dict[str, list[dict[str, float]]]], args: argpa
                 "throughput_C_over_C_redispy": round(rows["C"]["rps"] / rows["C-redispy"]["rps"], 3),
                 "cpu_per_request_C_over_C_redispy": round(rows["C"]["sidecar_cpu_us_per_request"]
                                                           / rows["C-redispy"]["sidecar_cpu_us_per_request"], 3),
+            }
+        if "C-noguard" in rows:
+            ratios["auth_guard"] = {
+                "throughput_C_over_C_noguard": round(rows["C"]["rps"] / rows["C-noguard"]["rps"], 3),
+                "envoy_cpu_per_request_C_over_C_noguard": round(rows["C"]["envoy_cpu_us_per_request"]
+                                                                / rows["C-noguard"]["envoy_cpu_us_per_request"], 3),
+                "p50_ms_C_minus_C_noguard": round(rows["C"]["p50_ms"] - rows["C-noguard"]["p50_ms"], 3),
             }
         if "C-norec" in rows:
             ratios["records"] = {
@@ -381,14 +423,15 @@ def markdown(report: dict) -> str:
              "A = plain Envoy; B = Envoy + do-nothing sidecar; C = Envoy + full sidecar "
              "(cached JWT, classification, Redis quota, routing).", ""]
     for workload, data in report["workloads"].items():
-        lines += [f"## {workload}", "", "| config | req/s | p50 ms | p90 ms | p99 ms | non-2xx | sidecar CPU µs/req | sidecar RSS MB |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {workload}", "", "| config | req/s | p50 ms | p90 ms | p99 ms | non-2xx | sidecar CPU µs/req "
+                  "| sidecar RSS MB | Envoy CPU µs/req |", "|---|---|---|---|---|---|---|---|---|"]
         for cfg, r in data["configs"].items():
             lines.append(f"| {cfg} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | "
-                         f"{r['non_2xx']:.0f} | {r['sidecar_cpu_us_per_request']:.0f} | {r['sidecar_rss_mb']:.0f} |")
+                         f"{r['non_2xx']:.0f} | {r['sidecar_cpu_us_per_request']:.0f} | {r['sidecar_rss_mb']:.0f} "
+                         f"| {r['envoy_cpu_us_per_request']:.0f} |")
         lines += ["", "| adapter | throughput C/B | throughput C/A | p99 C/B | CPU/request C/B |", "|---|---|---|---|---|"]
         for adapter, ra in data["ratios"].items():
-            if adapter in ("records", "quota_client"):
+            if adapter in ("records", "quota_client", "auth_guard"):
                 continue
             lines.append(f"| {adapter} | {ra['throughput_C_over_B']} | {ra['throughput_C_over_A']} | "
                          f"{ra['p99_C_over_B']} | {ra['cpu_per_request_C_over_B']} |")
@@ -418,6 +461,11 @@ def markdown(report: dict) -> str:
             ra = data["ratios"]["quota_client"]
             lines += ["", f"Lean quota client (C vs C-redispy, ext_proc): throughput "
                           f"{ra['throughput_C_over_C_redispy']}, CPU/request {ra['cpu_per_request_C_over_C_redispy']}."]
+        if "auth_guard" in data["ratios"]:
+            ra = data["ratios"]["auth_guard"]
+            lines += ["", f"Auth guard (C vs C-noguard, ext_proc, the same sidecar): throughput "
+                          f"{ra['throughput_C_over_C_noguard']}, Envoy CPU/request "
+                          f"{ra['envoy_cpu_per_request_C_over_C_noguard']}, p50 {ra['p50_ms_C_minus_C_noguard']:+} ms."]
         if "records" in data["ratios"]:
             ra = data["ratios"]["records"]
             lines += ["", f"Records (C vs C-norec, ext_proc): throughput {ra['throughput_C_over_C_norec']}, "
