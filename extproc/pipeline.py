@@ -302,7 +302,7 @@ def _stream_usage_options(path: str, body: Mapping[str, Any]) -> dict[str, Any] 
     """OpenAI (chat) completions streams report usage only when asked (a last chunk with empty
     choices): the ``stream_options`` that asks, or None when the request asked already or is
     not such a stream."""
-    if not path.split("?", 1)[0].endswith("/completions"):
+    if not path.endswith("/completions"):  # ``RequestFacts.path`` has no query string
         return None
     options = body.get("stream_options")
     options = options if isinstance(options, dict) else {}
