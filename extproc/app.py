@@ -45,6 +45,7 @@ from extproc.services.ext_authz import AuthorizationService
 from extproc.services.ext_proc import ExternalProcessorService
 from extproc.settings import Settings, split_host_port
 from extproc.settlement.settler import Settler
+from extproc.settlement.sweeper import Sweeper
 from extproc.telemetry import tracing
 from extproc.telemetry.decisions import DecisionObserver
 
@@ -81,6 +82,12 @@ class Worker:
                        if settings.redis_url else None)
         self.pipeline = Pipeline(self.config, self.identity, self.quota, self.routes,
                                  usage_records=self.ledger is not None)
+        # Settlement: the ends of requests (Envoy's access log) and admissions whose end never
+        # came (the sweeper, on its own client, off the hot path).
+        self.settler = Settler(self.quota, self.ledger)
+        self.quota.orphaned = self.settler.orphaned
+        self.sweeper = (Sweeper(client_from_url(settings.redis_url, 2.0), self.settler,
+                                lambda: self.config.current.quotas) if settings.redis_url else None)
         self.health = health.aio.HealthServicer()
         self.serving = False
         self.started_at = time.time()
@@ -124,10 +131,9 @@ class Worker:
 
         def observer(adapter: str) -> DecisionObserver:
             return DecisionObserver(adapter, cap, sample, ledger)
-        settler = Settler(self.quota, ledger)
-        return (ExternalProcessorService(self.pipeline, observer("ext_proc"), ledger, settler),
+        return (ExternalProcessorService(self.pipeline, observer("ext_proc")),
                 AuthorizationService(self.pipeline, observer("ext_authz"), ledger),
-                AccessLogService(settler))
+                AccessLogService(self.settler))
 
     async def run(self, stop: asyncio.Event) -> None:
         server = grpc.aio.server(options=_GRPC_OPTIONS)
@@ -155,6 +161,7 @@ class Worker:
         watcher = asyncio.create_task(self.config.watch(self.settings.reload_interval))
         route_sync = asyncio.create_task(self.routes.run()) if self.routes else None
         records = asyncio.create_task(self.ledger.run()) if self.ledger else None
+        sweeper = asyncio.create_task(self.sweeper.run()) if self.sweeper else None
         log.info("serving", extra={"listen": list(self.settings.listen), "admin": self.settings.admin,
                                    "config_version": self.config.current.version})
         await stop.wait()
@@ -171,8 +178,11 @@ class Worker:
         watcher.cancel()
         if route_sync is not None:
             route_sync.cancel()
+        if sweeper is not None:
+            sweeper.cancel()
         await ext_proc_service.drain()  # settle what ended during the drain
         await access_log_service.drain()
+        await self.settler.drain()
         if records is not None and self.ledger is not None:
             records.cancel()
             await self.ledger.close()  # write what the drain recorded
@@ -182,6 +192,8 @@ class Worker:
             await self.redis.aclose()
         if self.routes is not None:
             await self.routes.store.client.aclose()
+        if self.sweeper is not None:
+            await self.sweeper.client.aclose()
         tracing.shutdown()
         if admin is not None:
             await admin.cleanup()

@@ -18,21 +18,19 @@ from typing import Any, Protocol, TypeVar
 from extproc.config.model import AuthMode, ListenerPolicy, Snapshot, UnknownAction
 from extproc.domain.authorize import authorize
 from extproc.domain.classify import NEEDS_BODY, Classification, TokenUse, WorkloadClass
-from extproc.domain.decision import Decision, allow, deny
+from extproc.domain.decision import Accounting, Decision, allow, deny
 from extproc.domain.facts import RequestFacts
 from extproc.domain.identity import ANONYMOUS, Identity
 from extproc.domain.ids import new_decision_id
 from extproc.domain.params import NO_PARAMS, RequestParams, read_params
 from extproc.domain.reasons import InvalidRequest, Reason
 from extproc.domain.request_body import BodyFormat, RequestBody, read_body
-from extproc.domain.usage import Measured, Usage, usage_from_json
 from extproc.identity.authenticator import IdentityUnavailable
 from extproc.identity.base import Authenticator
 from extproc.identity.tokens import TokenError
 from extproc.quota import headers as quota_headers
-from extproc.quota.recipe import SettleRecipe
 from extproc.quota.service import QuotaService, QuotaTicket
-from extproc.routing.table import RoutingTable
+from extproc.routing.table import Route, RoutingTable
 from extproc.telemetry.timing import PhaseTimer
 
 
@@ -65,8 +63,8 @@ class Pipeline:
                  quota: QuotaService | None = None, routes: RoutesSource | None = None,
                  usage_records: bool = False) -> None:
         """``routes``: the live table; without it, the policy file's table (static routing).
-        ``usage_records``: usage records are kept (ledger), so every streamed response goes
-        through the usage reader, not only those with a quota to settle."""
+        ``usage_records``: usage records are kept (ledger), so the end of every request reaches
+        settlement, not only of those with a quota to settle."""
         self._config = config
         self._authenticator = authenticator
         self._quota = quota or QuotaService(None)
@@ -186,18 +184,22 @@ class Pipeline:
             return deny(decision_id, Reason.INVALID_MODEL,
                         f"model names are lower case here, and this request's model cannot be "
                         f"rewritten on its way: send {cls.model!r}", cls, identity)
-        streamed = facts.can_rewrite_body and params.stream
         # 6. Quota: every applicable limit in ONE Redis call; nothing is consumed on a refusal.
+        #    An admission whose end will reach settlement is registered with the facts of its
+        #    record, for the sweeper should that end never arrive.
+        accounting = self._accounting(facts, cls)
+        record = None
+        if accounting is not Accounting.NONE:
+            record = allow(decision_id, cls, identity, route, served, accounting=accounting,
+                           prompt_tokens=params.prompt_tokens).metadata()
         ticket = await self._quota.admit(snapshot.quotas, identity, quota_cls, route.entry.id, params,
-                                         decision_id, leases=facts.sees_request_end)
+                                         decision_id, leases=facts.sees_request_end, record=record)
         timer.lap("quota")
-        read_stream = streamed and self._usage_records
         rewrite = body.rewritten(changes) if changes and body is not None else None  # only if it can be
         if ticket is None:
-            return allow(decision_id, cls, identity, route, served,
-                         body_rewrite=rewrite, usage_stream=read_stream,
-                         prompt_tokens=params.prompt_tokens if read_stream else 0,
-                         usage_recipe=self._usage_recipe(streamed, None, decision_id, identity))
+            return allow(decision_id, cls, identity, route, served, body_rewrite=rewrite,
+                         prompt_tokens=params.prompt_tokens,
+                         accounting=accounting if self._usage_records else Accounting.NONE)
         admission = ticket.admission
         if admission.degraded == "closed":
             return deny(decision_id, Reason.QUOTA_STORE_UNAVAILABLE,
@@ -205,61 +207,53 @@ class Pipeline:
                         cls, identity, headers=(("retry-after", "1"),), degraded="closed",
                         admission=admission)
         if admission.blocking is None:
-            return allow(decision_id, cls, identity, route, served, quota=ticket,
-                         response_headers=tuple(quota_headers.allowed(admission)),
-                         degraded=admission.degraded, body_rewrite=rewrite,
-                         usage_recipe=self._usage_recipe(streamed, ticket, decision_id, identity),
-                         usage_stream=read_stream)
+            return self._allowed(decision_id, cls, identity, route, served, ticket, accounting, rewrite)
         # 7. Refused. A token budget may let the request through with a smaller max_tokens
         #    (ext_proc only: ext_authz cannot rewrite a body).
         if facts.can_rewrite_body and body is not None and body.format is BodyFormat.JSON:
             clamped = await self._quota.clamp(snapshot.quotas, identity, quota_cls, route.entry.id,
-                                              params, decision_id, admission)
+                                              params, decision_id, admission, record=record)
             if clamped is not None:
                 ticket, cap = clamped
                 changes.update(dict.fromkeys(params.cap_fields or ("max_tokens",), cap))
-                return allow(decision_id, cls, identity, route, served, quota=ticket,
-                             response_headers=(*quota_headers.allowed(ticket.admission),
-                                               ("x-extproc-max-tokens-clamped", str(cap))),
-                             body_rewrite=body.rewritten(changes),
-                             usage_recipe=self._usage_recipe(streamed, ticket, decision_id, identity),
-                             usage_stream=read_stream, clamped=True)
+                return self._allowed(decision_id, cls, identity, route, served, ticket, accounting,
+                                     body.rewritten(changes), cap)
         reason, message, headers, details = quota_headers.denial(admission)
         return deny(decision_id, reason, message, cls, identity, headers=tuple(headers),
                     policy=admission.blocking.limit.policy.name, details=tuple(details.items()),
                     degraded=admission.degraded, admission=admission)
 
-    def _usage_recipe(self, streamed: bool, ticket: QuotaTicket | None, decision_id: str,
-                      identity: Identity) -> str | None:
-        """A streamed response's usage is read in Envoy and settled from its access-log entry with this.
-        Without limits to settle, only when usage records are kept (the recipe then only says
-        which of the two streams writes the record)."""
-        if not streamed:
-            return None
-        recipe = self._quota.recipe(ticket, decision_id, identity.tenant)
-        if recipe is None or not (recipe.groups or self._usage_records):
-            return None
-        return recipe.to_json()
+    def _accounting(self, facts: RequestFacts, cls: Classification) -> Accounting:
+        """How this request's end reaches settlement: Envoy's access log (where Envoy tells
+        the sidecar the request ended: ext_proc), with the response body read for its usage
+        when the API reports one (a POST to an API that consumes tokens)."""
+        if not facts.sees_request_end:
+            return Accounting.NONE
+        if cls.tokens is not TokenUse.NONE and facts.method == "POST":
+            return Accounting.READ
+        return Accounting.LOGGED
 
-    async def response_usage(self, raw: bytes) -> Usage | None:
-        """The usage a complete JSON response reports (None: it reports none)."""
-        return await _off_loop_if_large(usage_from_json, raw)
+    def _allowed(self, decision_id: str, cls: Classification, identity: Identity, route: Route,
+                 served: str | None, ticket: QuotaTicket, accounting: Accounting, rewrite: bytes | None,
+                 clamped_to: int | None = None) -> Decision:
+        """Admitted by the quota step: settled, where its end reaches settlement, with the
+        recipe of its admission (None: decided in-process, by a failure mode)."""
+        recipe = self._quota.recipe(ticket, decision_id) if accounting is not Accounting.NONE else None
+        if recipe is None and not self._usage_records:
+            accounting = Accounting.NONE  # nothing to settle there, nothing to record
+        headers = tuple(quota_headers.allowed(ticket.admission))
+        if clamped_to is not None:
+            headers += (("x-extproc-max-tokens-clamped", str(clamped_to)),)
+        return allow(decision_id, cls, identity, route, served, quota=ticket, response_headers=headers,
+                     degraded=ticket.admission.degraded, body_rewrite=rewrite,
+                     recipe=recipe.to_json() if recipe is not None else None, accounting=accounting,
+                     clamped=clamped_to is not None)
 
-    async def settle_streamed(self, recipe: SettleRecipe, measured: Measured) -> bool | None:
-        """Settle a streamed response with what it used (the deciding stream's fallback, after
-        its grace period). False when it was settled already (from its access-log entry); None
-        when the store could not be reached."""
-        return await self._quota.settle_recipe(recipe, measured.total_tokens)
-
-    async def settle(self, decision: Decision, measured: Measured | None = None) -> bool | None:
-        """The request is over: release its lease, true up its reservation to what it used
-        (an estimate keeps the reservation). Once: False when it was settled already; None when
-        the store could not be reached (the counters keep the admission's estimate)."""
-        if decision.quota is None:
-            return True
-        actual = measured.total_tokens if measured is not None and measured.source in (
-            "reported", "upstream_error") else None
-        return await self._quota.settle(decision.quota, decision.decision_id, actual)
+    async def release(self, decision: Decision) -> None:
+        """The request is over (its deciding stream closed): free its concurrency slots now.
+        Settlement, from the access log, follows."""
+        if decision.quota is not None:
+            await self._quota.release(decision.quota, decision.decision_id)
 
 
 #: Bodies at least this large are parsed in a worker thread, off the event loop.

@@ -62,9 +62,12 @@ def _budget(r: Reader, value: Any, where: str) -> Budget | None:
 
 
 def parse_quotas(r: Reader, value: Any, route_ids: set[str]) -> QuotaSettings:
-    f = r.mapping(value, "quotas", {"policies", "default_max_tokens", "replicas"})
+    f = r.mapping(value, "quotas", {"policies", "default_max_tokens", "replicas", "sweep_after_seconds",
+                                    "sweep_interval_seconds"})
     default_max = _int(r, f.get("default_max_tokens", 1024), "quotas.default_max_tokens", 1, 10**7) or 1024
     replicas = _int(r, f.get("replicas", 1), "quotas.replicas", 1, 10**4) or 1
+    sweep_after = _int(r, f.get("sweep_after_seconds", 420), "quotas.sweep_after_seconds", 1, 604800) or 420
+    sweep_interval = _int(r, f.get("sweep_interval_seconds", 5), "quotas.sweep_interval_seconds", 1, 3600)
     policies: list[QuotaPolicy] = []
     names: set[str] = set()
     for i, item in enumerate(r.seq(f.get("policies"), "quotas.policies")):
@@ -116,4 +119,5 @@ def parse_quotas(r: Reader, value: Any, route_ids: set[str]) -> QuotaSettings:
             enforce=enforce, on_store_failure=mode or FailureMode.CLOSED, clamp_max_tokens=clamp,
             scope=str(scope),
         ))
-    return QuotaSettings(tuple(policies), default_max, replicas)
+    return QuotaSettings(tuple(policies), default_max, replicas, sweep_after_ms=sweep_after * 1000,
+                         sweep_interval_ms=(sweep_interval or 5) * 1000)

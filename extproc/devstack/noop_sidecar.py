@@ -1,7 +1,7 @@
 """The do-nothing sidecar for perf/: the same grpc.aio stack and Envoy processing modes as the
 real one, without any policy. It continues every ext_proc message (asking for the body of
-requests that have one, as the real sidecar does for body-reading rules, and for the body of
-JSON responses, as the real one does to read their usage) and allows every ext_authz check.
+requests that have one, as the real sidecar does for body-reading rules; the response is never
+sent, as for the real one) and allows every ext_authz check.
 The gap between it and the real sidecar is the cost of our policy code.
 """
 
@@ -17,7 +17,6 @@ from extproc.domain.decision import Decision
 from extproc.domain.facts import RequestFacts
 from extproc.domain.reasons import Reason
 from extproc.envoy_api import ext_authz, ext_proc
-from extproc.envoy_api.headers import header_value
 from extproc.runtime import settle_heap
 
 # The one thing it must do for Envoy's route to work at all: name a pool, always the same.
@@ -26,13 +25,10 @@ _NO_FACTS = RequestFacts(method="", path="", host="", headers={})
 _ROUTE_HEADERS = ext_proc.decided(_FIXED, _NO_FACTS, "headers")
 _ROUTE_BODY = ext_proc.decided(_FIXED, _NO_FACTS, "body")
 _READ_BODY = ext_proc.read_body(_NO_FACTS)
-_READ_RESPONSE = ext_proc.response_headers([], read_body=True)
-_CONTINUE_RESPONSE = ext_proc.response_headers([])
 
 
 class NoopProcessor(ext_proc.Servicer):  # type: ignore[misc]
     async def Process(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
-        post = False
         try:
             while True:
                 request = await context.read()
@@ -40,17 +36,12 @@ class NoopProcessor(ext_proc.Servicer):  # type: ignore[misc]
                     return
                 kind = request.WhichOneof("request")
                 if kind == "request_headers":
-                    post = any(h.key == ":method" and header_value(h) == "POST"
-                               for h in request.request_headers.headers.headers)
                     if request.request_headers.end_of_stream:
                         await context.write(_ROUTE_HEADERS)
                     else:
                         await context.write(_READ_BODY)
                 elif kind == "request_body":
                     await context.write(_ROUTE_BODY)
-                elif kind == "response_headers":
-                    read = post and ext_proc.response_is_json(request.response_headers)
-                    await context.write(_READ_RESPONSE if read else _CONTINUE_RESPONSE)
                 else:
                     await context.write(ext_proc.passthrough(kind))
         except (asyncio.CancelledError, grpc.aio.AbortError, grpc.aio.UsageError):

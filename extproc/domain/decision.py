@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from extproc.domain.classify import Classification, WorkloadClass
@@ -12,6 +13,17 @@ from extproc.domain.reasons import Reason
 
 if TYPE_CHECKING:
     from extproc.routing.table import Route
+
+
+class Accounting(Enum):
+    """How an allowed request's end reaches settlement (envoy/README.md "Usage accounting")."""
+
+    #: Nothing to settle or record, or the deciding adapter records it at the decision.
+    NONE = ""
+    #: Envoy's access log brings the request's end (status, timings) to settlement.
+    LOGGED = "log"
+    #: The same, and Envoy's usage reader reads the response body for the usage it reports.
+    READ = "read"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +60,14 @@ class Decision:
     degraded: str | None = None
     #: A new request body for the upstream (e.g. ``max_tokens`` clamped to the budget left).
     body_rewrite: bytes | None = None
-    #: A streamed response whose usage Envoy's usage reader reads and whose end the access log
-    #: brings to settlement (envoy/README.md "Usage accounting"): how it settles the quota
-    #: (``quota.recipe.SettleRecipe`` JSON).
-    usage_recipe: str | None = None
-    #: Envoy's usage reader reads this (streamed) response: settlement settles it with
-    #: ``usage_recipe``, if any, and writes the usage record.
-    usage_stream: bool = False
+    #: How settlement (in whichever process gets the access-log entry) settles the quota:
+    #: ``quota.recipe.SettleRecipe`` JSON (None: nothing in the shared store to settle).
+    recipe: str | None = None
+    #: How the request's end reaches settlement, which settles it with ``recipe`` and writes
+    #: its usage record.
+    accounting: Accounting = Accounting.NONE
+    #: A class measured in other units than tokens: the cost unit and the units charged.
+    cost: tuple[str, int] | None = None
     #: For the decision record: the verified identity (never the token), every quota limit the
     #: admission evaluated (``quota.store.Admission``), and the prompt's share of the estimate.
     identity: Identity | None = None
@@ -66,6 +79,11 @@ class Decision:
     def estimate_tokens(self) -> int:
         """The tokens the admission reserved (0 without a quota ticket)."""
         return self.quota.plan.estimate_tokens if self.quota is not None else 0
+
+    @property
+    def counts_tokens(self) -> bool:
+        """A token rate or budget applied: the request's usage moves the counters."""
+        return self.quota is not None and self.quota.plan.counts_tokens
 
     @property
     def allowed(self) -> bool:
@@ -91,8 +109,8 @@ class Decision:
             # x-envoy-max-retries bounds the retries to this chain's length (envoy/README.md).
             headers.append(("x-extproc-failover", str(self.retries)))
             headers.append(("x-envoy-max-retries", str(self.retries)))
-        if self.usage_stream:
-            headers.append(("x-extproc-usage", "stream"))  # routes to the usage reader (envoy/README.md)
+        if self.accounting is Accounting.READ:
+            headers.append(("x-extproc-usage", "read"))  # routes to the usage reader (envoy/README.md)
         if self.tenant:
             headers.append(("x-extproc-tenant", self.tenant))
         if self.model:
@@ -102,12 +120,15 @@ class Decision:
         return headers
 
     def metadata(self) -> dict[str, str]:
-        """The same facts for Envoy dynamic metadata (access logs, later filters)."""
+        """The same facts for Envoy dynamic metadata: access logs, settlement (which may run in
+        another process: everything the usage record needs), and the response headers Envoy adds
+        from it (``hdr.NAME``, envoy/README.md "Response headers")."""
         meta = {
             "decision_id": self.decision_id,
             "reason": self.reason.value,
             "class": self.workload.value,
         }
+        accounted = self.accounting is not Accounting.NONE
         for key, value in (
             ("tenant", self.tenant),
             ("model", self.model),
@@ -116,18 +137,22 @@ class Decision:
             ("route_version", None if self.route_version is None else str(self.route_version)),
             ("model_served", self.model_served),
             ("rule", self.rule),
-            ("settle", self.usage_recipe),
-            # What settlement needs for the usage record of a streamed response.
+            ("settle", self.recipe),
             ("subject", self.identity.subject if self.identity else None),
             ("plan", self.identity.plan if self.identity else None),
             ("degraded", self.degraded),
-            ("prompt_tokens", str(self.prompt_tokens) if self.usage_stream else None),
-            # Envoy's usage reader reads this response and its access log brings the end to
-            # settlement (envoy/README.md "Usage accounting").
-            ("usage", "stream" if self.usage_stream else None),
+            # What settlement needs for the usage record.
+            ("usage", self.accounting.value),
+            ("prompt_tokens", str(self.prompt_tokens) if accounted else None),
+            ("estimate_tokens", str(self.estimate_tokens) if accounted and self.counts_tokens else None),
+            ("cost_unit", self.cost[0] if accounted and self.cost else None),
+            ("cost_units", str(self.cost[1]) if accounted and self.cost else None),
         ):
             if value:
                 meta[key] = value
+        if self.allowed:  # the decision id is added from decision_id
+            for name, value in (*self.response_headers, *self._degraded_header()):
+                meta["hdr." + name] = value
         return meta
 
     def error_body(self) -> bytes:
@@ -164,8 +189,8 @@ class Decision:
 def allow(
     decision_id: str, cls: Classification, identity: Identity, route: Route, model_served: str | None,
     quota: Any = None, response_headers: tuple[tuple[str, str], ...] = (),
-    degraded: str | None = None, body_rewrite: bytes | None = None, usage_recipe: str | None = None,
-    usage_stream: bool = False, prompt_tokens: int = 0, clamped: bool = False,
+    degraded: str | None = None, body_rewrite: bytes | None = None, recipe: str | None = None,
+    accounting: Accounting = Accounting.NONE, prompt_tokens: int = 0, clamped: bool = False,
 ) -> Decision:
     """``quota``: the ``QuotaTicket`` settlement needs (its admission and estimate go to the record)."""
     return Decision(
@@ -184,8 +209,9 @@ def allow(
         quota=quota,
         degraded=degraded,
         body_rewrite=body_rewrite,
-        usage_recipe=usage_recipe,
-        usage_stream=usage_stream or usage_recipe is not None,
+        recipe=recipe,
+        accounting=accounting,
+        cost=quota.plan.cost_units() if quota is not None else None,
         identity=identity,
         admission=quota.admission if quota is not None else None,
         prompt_tokens=quota.plan.prompt_tokens if quota is not None else prompt_tokens,

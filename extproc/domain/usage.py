@@ -24,6 +24,7 @@ class ResponseEnd(Enum):
     INTERRUPTED = "interrupted"  # it started, but the request ended before its end of stream
     NO_RESPONSE = "no_response"  # the request ended before any response started
     NOT_OBSERVED = "not_observed"  # the gateway does not watch this response to its end
+    UNREPORTED = "unreported"  # its end never reached settlement: settled by the sweeper
 
     @classmethod
     def seen(cls, started: bool, watched: bool, reached_end: bool) -> ResponseEnd:

@@ -85,7 +85,9 @@ def _usage_seen(struct: Any) -> UsageSeen | None:
     if count("reported"):
         usage = Usage(count("prompt"), count("completion"), count("cached"), count("reasoning"))
     text_tokens = tokens_of(count("text_ascii"), count("text_other"))
-    return UsageSeen(usage, bool(count("completed")), text_tokens, count("events"))
+    read = fields.get("read")
+    streamed = read is not None and read.string_value == "sse"
+    return UsageSeen(usage, bool(count("completed")), text_tokens, count("events"), streamed)
 
 
 def add_to_server(servicer: Any, server: grpc.aio.Server) -> None:

@@ -27,36 +27,15 @@ METADATA_NAMESPACE = "extproc"
 _ProcessingMode = processing_mode_pb2.ProcessingMode
 
 
-def _mode(request_body: int, response_body: int) -> processing_mode_pb2.ProcessingMode:
-    """A mode override replaces the whole mode, so every field is restated."""
-    return _ProcessingMode(
-        request_header_mode=_ProcessingMode.SEND, request_body_mode=request_body,
-        response_header_mode=_ProcessingMode.SEND, response_body_mode=response_body,
-        request_trailer_mode=_ProcessingMode.SKIP, response_trailer_mode=_ProcessingMode.SKIP,
-    )
-
-
-# Both bodies are read BUFFERED_PARTIAL, not BUFFERED: a body over Envoy's buffer limit
-# reaches us cut (end_of_stream=false), so a request gets our JSON 413 instead of Envoy's
-# bare one, and a response keeps its estimate instead of failing.
-_READ_BODY_MODE = _mode(_ProcessingMode.BUFFERED_PARTIAL, _ProcessingMode.NONE)
-_READ_RESPONSE_MODE = _mode(_ProcessingMode.NONE, _ProcessingMode.BUFFERED_PARTIAL)
-
-
-def response_is_json(headers: pb.HttpHeaders) -> bool:
-    """A successful, complete-JSON response (not SSE) whose body will follow."""
-    if headers.end_of_stream:
-        return False
-    values = {h.key: header_value(h) for h in headers.headers.headers if h.key in (":status", "content-type")}
-    return values.get(":status") == "200" and values.get("content-type", "").startswith("application/json")
-
-
-def response_status(headers: pb.HttpHeaders) -> int:
-    for h in headers.headers.headers:
-        if h.key == ":status":
-            value = header_value(h)
-            return int(value) if value.isdigit() else 0
-    return 0
+# The request body is read BUFFERED_PARTIAL, not BUFFERED: a body over Envoy's buffer limit
+# reaches us cut (end_of_stream=false), so a request gets our JSON 413 instead of Envoy's bare
+# one. A mode override replaces the whole mode, so every field is restated. The response is
+# never sent to the sidecar (envoy/README.md "Usage accounting", "Response headers").
+_READ_BODY_MODE = _ProcessingMode(
+    request_header_mode=_ProcessingMode.SEND, request_body_mode=_ProcessingMode.BUFFERED_PARTIAL,
+    response_header_mode=_ProcessingMode.SKIP, response_body_mode=_ProcessingMode.NONE,
+    request_trailer_mode=_ProcessingMode.SKIP, response_trailer_mode=_ProcessingMode.SKIP,
+)
 
 
 def request_facts(headers: pb.HttpHeaders, listener: str) -> RequestFacts:
@@ -70,7 +49,7 @@ def request_facts(headers: pb.HttpHeaders, listener: str) -> RequestFacts:
 # by field cost more than the rest of the codec), and grpc sends them as they are
 # (``add_to_server``). Tags of the fields they use:
 _PR = pb.ProcessingResponse
-_REQUEST_HEADERS, _RESPONSE_HEADERS = wire.tag(_PR, "request_headers"), wire.tag(_PR, "response_headers")
+_REQUEST_HEADERS = wire.tag(_PR, "request_headers")
 _REQUEST_BODY, _DYNAMIC_METADATA = wire.tag(_PR, "request_body"), wire.tag(_PR, "dynamic_metadata")
 _HEADERS_RESPONSE = wire.tag(pb.HeadersResponse, "response")
 _BODY_RESPONSE = wire.tag(pb.BodyResponse, "response")
@@ -81,14 +60,6 @@ _SET_HEADERS = wire.tag(pb.HeaderMutation, "set_headers")
 _REMOVE_HEADERS = wire.tag(pb.HeaderMutation, "remove_headers")
 _BODY = wire.tag(pb.BodyMutation, "body")
 _READ_BODY_OVERRIDE = wire.field(wire.tag(_PR, "mode_override"), _READ_BODY_MODE.SerializeToString())
-_READ_RESPONSE_OVERRIDE = wire.field(wire.tag(_PR, "mode_override"), _READ_RESPONSE_MODE.SerializeToString())
-# The filter's configured mode skips response headers, so a local reply Envoy makes to a request
-# it refused before we saw it (HTTP/1.0, a header name with an underscore, too many headers) does
-# not wait for a stream that the connection close then resets. Every request we let through
-# turns them back on: this override with its request-headers answer (asking for the body turns
-# them on too, ``_READ_BODY_MODE``).
-_RESPONSE_HEADERS_OVERRIDE = wire.field(wire.tag(_PR, "mode_override"),
-                                        _mode(_ProcessingMode.NONE, _ProcessingMode.NONE).SerializeToString())
 
 
 def _mutation(sets: list[tuple[str, str]], removes: Iterable[str] = ()) -> bytes:
@@ -135,8 +106,7 @@ def decided(decision: Decision, facts: RequestFacts, phase: str) -> bytes:
     # route cache so the route (cluster_header) is chosen again with our header.
     common = wire.field(_HEADER_MUTATION, _mutation(upstream, removes)) + body + _CLEAR_ROUTE_CACHE
     if phase == "headers":
-        return (wire.field(_REQUEST_HEADERS, wire.field(_HEADERS_RESPONSE, common)) + _metadata(decision)
-                + _RESPONSE_HEADERS_OVERRIDE)
+        return wire.field(_REQUEST_HEADERS, wire.field(_HEADERS_RESPONSE, common)) + _metadata(decision)
     return wire.field(_REQUEST_BODY, wire.field(_BODY_RESPONSE, common)) + _metadata(decision)
 
 
@@ -152,14 +122,6 @@ def immediate(decision: Decision) -> bytes:
               + wire.field(_ERROR_BODY, decision.error_body())
               + wire.field(_DETAILS, f"extproc_{decision.reason.value}".encode()))
     return wire.field(_IMMEDIATE_RESPONSE, answer) + _metadata(decision)
-
-
-def response_headers(headers: list[tuple[str, str]], read_body: bool = False) -> bytes:
-    """Tag the upstream's response: decision id, remaining quota, degraded mode; with
-    ``read_body``, also ask for the (JSON) response body to read its usage."""
-    common = wire.field(_HEADER_MUTATION, _mutation(headers)) if headers else b""
-    answer = wire.field(_RESPONSE_HEADERS, wire.field(_HEADERS_RESPONSE, common))
-    return answer + _READ_RESPONSE_OVERRIDE if read_body else answer
 
 
 def _continue(kind: str) -> pb.ProcessingResponse:

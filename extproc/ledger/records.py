@@ -31,6 +31,7 @@ ENDS = {
     ResponseEnd.INTERRUPTED: pb.RESPONSE_END_INTERRUPTED,
     ResponseEnd.NO_RESPONSE: pb.RESPONSE_END_NO_RESPONSE,
     ResponseEnd.NOT_OBSERVED: pb.RESPONSE_END_NOT_OBSERVED,
+    ResponseEnd.UNREPORTED: pb.RESPONSE_END_UNREPORTED,
 }
 END_NAMES = {value: end.value for end, value in ENDS.items()}
 _MAX_PATH = 256
@@ -144,19 +145,6 @@ def decision_record(decision: Decision, facts: RequestFacts, *, adapter: str, tr
                 remaining=_int64(state.remaining), reset_ms=_int64(state.reset_ms),
                 retry_ms=_int64(state.retry_ms), allowed=state.allowed, enforced=limit.policy.enforce)
     return record
-
-
-def cost_units(decision: Decision) -> tuple[str, int] | None:
-    """The configured cost of a request measured in other units than tokens (seconds of video,
-    jobs…): the first such budget that applied to it."""
-    ticket = decision.quota
-    if ticket is None:
-        return None
-    for limit in ticket.plan.limits:
-        budget = limit.policy.budget
-        if limit.dimension == "budget" and budget is not None and not limit.counts_tokens:
-            return budget.unit.value, limit.cost
-    return None
 
 
 def charged_tokens(decision: Decision, measured: Measured, counts_tokens: bool, settled: bool | None) -> int:

@@ -58,6 +58,15 @@ class QuotaPlan:
     def counts_tokens(self) -> bool:
         return any(lm.counts_tokens for lm in self.limits)
 
+    def cost_units(self) -> tuple[str, int] | None:
+        """The configured cost of a request measured in other units than tokens (seconds of
+        video, jobs…): the unit and cost of the first such budget that applied to it."""
+        for limit in self.limits:
+            budget = limit.policy.budget
+            if limit.dimension == "budget" and budget is not None and not limit.counts_tokens:
+                return budget.unit.value, limit.cost
+        return None
+
     def without_leases(self) -> QuotaPlan:
         return replace(self, limits=tuple(lm for lm in self.limits if lm.kind != "concurrency"))
 

@@ -1,9 +1,10 @@
 """A settlement recipe: what settling one admission takes, as plain values (pure).
 
-A streamed response's usage is read by another ext_proc stream than the one that admitted
-the request (envoy/README.md "Streamed usage"), possibly in another worker process. The
-admitting stream hands the recipe over in Envoy dynamic metadata; whichever stream settles
-first wins (the settle script marks the decision settled), so nothing is settled twice.
+A request's end reaches settlement in Envoy's access log, possibly in another worker process
+than the one that admitted it (envoy/README.md "Usage accounting"); the decision hands the
+recipe over in Envoy dynamic metadata. The sweeper holds one too, for admissions whose end
+never arrives. Whichever settles first wins (the settle script marks the decision settled),
+so nothing is settled twice.
 """
 
 from __future__ import annotations
@@ -31,9 +32,6 @@ class SettleRecipe:
     #: The prompt part of the estimate (a stream that ends without usage is charged this
     #: plus what it was seen to generate).
     prompt_tokens: int = 0
-    #: The hash tag of the settled marker when there are no limits to settle: the recipe then
-    #: only decides which stream settles (and writes the usage record), once.
-    tag: str = ""
 
     @property
     def counts_tokens(self) -> bool:
@@ -42,7 +40,6 @@ class SettleRecipe:
 
     def to_json(self) -> str:
         return json.dumps({"l": self.lease_id, "e": self.estimate_tokens, "p": self.prompt_tokens,
-                           "t": self.tag,
                            "g": [[[x.key, x.tag, x.kind, int(x.counts_tokens), x.a, x.b] for x in g]
                                  for g in self.groups]}, separators=(",", ":"))
 
@@ -52,7 +49,6 @@ class SettleRecipe:
         doc = json.loads(text)
         groups = tuple(tuple(SettleLimit(str(k), str(t), str(kind), bool(c), str(a), str(b))
                              for k, t, kind, c, a, b in group) for group in doc["g"])
-        tag = str(doc.get("t", ""))
-        if not (groups or tag) or not all(groups):
-            raise ValueError("a recipe names at least one limit per group, or a marker tag")
-        return cls(str(doc["l"]), int(doc["e"]), groups, int(doc.get("p", 0)), tag)
+        if not groups or not all(groups):
+            raise ValueError("a recipe names at least one limit per group")
+        return cls(str(doc["l"]), int(doc["e"]), groups, int(doc.get("p", 0)))

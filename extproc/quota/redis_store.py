@@ -10,6 +10,7 @@ import asyncio
 import logging
 import secrets
 import time
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -26,12 +27,32 @@ log = logging.getLogger("extproc.quota")
 
 ADMIT_LUA = resources.files("extproc.quota").joinpath("lua/admit.lua").read_text()
 SETTLE_LUA = resources.files("extproc.quota").joinpath("lua/settle.lua").read_text()
+RELEASE_LUA = resources.files("extproc.quota").joinpath("lua/release.lua").read_text()
 #: The settled marker only has to outlive a duplicate settle of the same request.
 SETTLED_MARKER_TTL_MS = 15 * 60 * 1000
 #: Slack on the admission deadline: a late reply is still useful for this long.
 _DEADLINE_MARGIN_MS = 250
 
 _ERRORS = (redis_errors.RedisError, OSError, TimeoutError, asyncio.TimeoutError)
+
+
+def open_keys(tag: str) -> tuple[str, str]:
+    """A hash tag's open admissions: when each may be swept (sorted set) and its settlement
+    facts (hash), by decision id (``settlement.sweeper``)."""
+    return f"xq:{{{tag}}}:due", f"xq:{{{tag}}}:open"
+
+
+#: The sorted sets of open admissions, for the sweeper's SCAN.
+OPEN_DUE_PATTERN = "xq:{*}:due"
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAdmission:
+    """What an admission registers for the sweeper: after ``sweep_after_ms`` without its end
+    reaching settlement, it is settled from ``facts`` (``settlement.sweeper``)."""
+
+    sweep_after_ms: int
+    facts: str  # ASCII JSON
 
 
 class RedisQuotaStore:
@@ -42,6 +63,7 @@ class RedisQuotaStore:
         self.breaker = breaker or CircuitBreaker()
         self._admit = client.register_script(ADMIT_LUA)
         self._settle = client.register_script(SETTLE_LUA)
+        self._release = client.register_script(RELEASE_LUA)
         self._now = "" if now_ms is None else str(now_ms)  # tests pin the clock; else Redis TIME
         self._skew_ms: float | None = None
         self._seconds = Children(REDIS_SECONDS)
@@ -80,14 +102,16 @@ class RedisQuotaStore:
         self._seconds(op).observe(time.perf_counter() - started)
         return result
 
-    async def admit(self, plan: QuotaPlan, lease_id: str) -> Admission:
+    async def admit(self, plan: QuotaPlan, lease_id: str, opened: OpenAdmission | None = None) -> Admission:
         """One script per hash tag: the tenant's limits, and each global policy's. Usually
         one; with global limits they run concurrently, and if one group refuses while
-        another admitted, the admitted group is refunded, so a refusal consumes nothing."""
+        another admitted, the admitted group is refunded, so a refusal consumes nothing.
+        ``opened``: registered, if admitted, with the first group (settling removes it)."""
         groups = _groups(plan.limits)
         if len(groups) == 1:
-            return await self._admit_limits(plan.limits, lease_id)
-        parts = await asyncio.gather(*(self._admit_limits(g, lease_id) for g in groups))
+            return await self._admit_limits(plan.limits, lease_id, opened)
+        parts = await asyncio.gather(*(self._admit_limits(g, lease_id, opened if i == 0 else None)
+                                       for i, g in enumerate(groups)))
         by_limit = {id(st.limit): st for part in parts for st in part.states}
         states = tuple(by_limit[id(lm)] for lm in plan.limits)
         blocking = None
@@ -99,17 +123,20 @@ class RedisQuotaStore:
             await asyncio.gather(*(self._refund(g, part, lease_id) for g, part in admitted))
         return Admission(blocking is None, states, blocking, max(p.at_ms for p in parts))
 
-    async def _admit_limits(self, limits: tuple[Limit, ...], lease_id: str) -> Admission:
+    async def _admit_limits(self, limits: tuple[Limit, ...], lease_id: str,
+                            opened: OpenAdmission | None = None) -> Admission:
         args = [self._now, lease_id, self._deadline()]
+        args += [str(opened.sweep_after_ms), opened.facts] if opened is not None else ["", ""]
         for limit in limits:
             args += [limit.kind, "1" if limit.policy.enforce else "0", *limit.args]
-        reply = await self._call("admit", self._admit, [lm.key for lm in limits], args)
+        keys = [*open_keys(limits[0].tag), *(lm.key for lm in limits)]
+        reply = await self._call("admit", self._admit, keys, args)
         self._learn_clock(int(reply[1]))
         return states_from_reply(limits, reply)
 
     async def _refund(self, limits: tuple[Limit, ...], admission: Admission, lease_id: str) -> None:
         """Undo an admission of these limits (another group refused the request)."""
-        keys = [f"xq:{{{limits[0].tag}}}:r:{lease_id}"]
+        keys = [f"xq:{{{limits[0].tag}}}:r:{lease_id}", *open_keys(limits[0].tag)]
         args = [self._now, lease_id, str(SETTLED_MARKER_TTL_MS), "refund"]
         for limit, state in zip(limits, admission.states, strict=True):
             keys.append(limit.key)
@@ -136,6 +163,12 @@ class RedisQuotaStore:
         skew = redis_now_ms - time.time() * 1000
         self._skew_ms = skew if self._skew_ms is None else 0.8 * self._skew_ms + 0.2 * skew
 
+    async def release(self, plan: QuotaPlan, lease_id: str) -> None:
+        """Release the request's concurrency leases now (its settlement comes later)."""
+        leases = [lm for lm in plan.limits if lm.kind == "concurrency"]
+        await asyncio.gather(*(self._call("release", self._release, [lm.key for lm in group], [lease_id])
+                               for group in _groups(tuple(leases))))
+
     async def settle(self, plan: QuotaPlan, lease_id: str, admission: Admission,
                      actual_tokens: int | None) -> bool:
         """Release the lease; true up token rates and token budgets when usage is known."""
@@ -143,13 +176,10 @@ class RedisQuotaStore:
         return await self.settle_recipe(settle_recipe(plan, admission, lease_id), delta)
 
     async def settle_recipe(self, recipe: SettleRecipe, delta: int, nonce: str = "") -> bool:
-        """Settle from a recipe (possibly made by another process: ``settle_recipe``). A recipe
-        without limits only sets the settled marker: True for the first caller. ``nonce`` names
+        """Settle from a recipe (possibly made by another process: ``settle_recipe``). ``nonce`` names
         this settlement: calling again with the same one after a timeout answers True again
         (the first settlement's calls may have run) and applies each group at most once."""
         lease, nonce = recipe.lease_id, nonce or secrets.token_hex(8)
-        if not recipe.groups:
-            return await self._settle_group(recipe.tag, (), lease, delta, nonce)
         if len(recipe.groups) == 1:  # the usual case: no task per call
             return await self._settle_group(recipe.groups[0][0].tag, recipe.groups[0], lease, delta, nonce)
         results = await asyncio.gather(*(self._settle_group(g[0].tag, g, lease, delta, nonce)
@@ -158,7 +188,7 @@ class RedisQuotaStore:
 
     async def _settle_group(self, tag: str, group: tuple[SettleLimit, ...], lease_id: str,
                             delta: int, nonce: str) -> bool:
-        keys = [f"xq:{{{tag}}}:s:{lease_id}"]
+        keys = [f"xq:{{{tag}}}:s:{lease_id}", *open_keys(tag)]
         args = [self._now, lease_id, str(SETTLED_MARKER_TTL_MS), nonce]
         for limit in group:
             cost_delta = str(delta if limit.counts_tokens else 0)
@@ -173,9 +203,11 @@ class RedisQuotaStore:
         return bool(await self._call("settle", self._settle, keys, args))
 
 
-def settle_recipe(plan: QuotaPlan, admission: Admission, lease_id: str) -> SettleRecipe:
-    """What settling this admission takes, as plain values: one process admits, another may settle."""
-    periods = {id(st.limit): str(st.period) for st in admission.states}
+def settle_recipe(plan: QuotaPlan, admission: Admission | None, lease_id: str) -> SettleRecipe:
+    """What settling this admission takes, as plain values: one process admits, another may settle.
+    Without the admission (made before it), budgets name no period: such a recipe only settles
+    with the estimate kept (a delta of 0), as the sweeper does."""
+    periods = {id(st.limit): str(st.period) for st in admission.states} if admission is not None else {}
     groups = tuple(
         tuple(SettleLimit(lm.key, lm.tag, lm.kind, lm.counts_tokens,
                           lm.args[0] if lm.kind == "gcra" else periods.get(id(lm), ""),

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from extproc.domain.classify import Classification, TokenUse
 from extproc.domain.identity import Identity
 from extproc.domain.params import RequestParams
 from extproc.quota.local_store import LocalLimiter
-from extproc.quota.plan import QuotaPlan, plan, tenant_tag
+from extproc.quota.plan import QuotaPlan, plan
 from extproc.quota.recipe import SettleRecipe
-from extproc.quota.redis_store import RedisQuotaStore, settle_recipe
+from extproc.quota.redis_store import OpenAdmission, RedisQuotaStore, settle_recipe
 from extproc.quota.spec import FailureMode, QuotaSettings
 from extproc.quota.store import Admission, QuotaStore, StoreUnavailable
 from extproc.telemetry.metrics import DEGRADED, QUOTA_DENIALS
@@ -40,13 +42,19 @@ class QuotaService:
         self.store = store
         self.local = local or LocalLimiter()
         self._orphans: set[asyncio.Future[bool | None]] = set()
+        #: Where an admission that was registered for settlement goes when its request was
+        #: cancelled while the script ran (the decision never reached Envoy): settlement
+        #: settles and records it at once (``settlement.settler.Settler.orphaned``).
+        self.orphaned: Callable[[str], None] | None = None
 
     async def admit(self, settings: QuotaSettings, identity: Identity, cls: Classification,
                     route: str | None, params: RequestParams, lease_id: str,
-                    leases: bool = True) -> QuotaTicket | None:
+                    leases: bool = True, record: Mapping[str, str] | None = None) -> QuotaTicket | None:
         """``params``: what the body asks for (its token estimate). ``leases=False`` for adapters
         that never see the request end (ext_authz): a lease nobody can release would hold a slot
-        for its whole TTL, so concurrency caps are skipped."""
+        for its whole TTL, so concurrency caps are skipped. ``record``: the decision's metadata
+        when its end reaches settlement (the access log): the admission is registered with it,
+        so that the sweeper settles and records it if that end never arrives."""
         quota_plan = plan(settings, identity, cls, route, params)
         if not leases:
             quota_plan = quota_plan.without_leases()
@@ -55,7 +63,10 @@ class QuotaService:
         try:
             if self.store is None:
                 raise StoreUnavailable("no quota store configured (--redis-url)")
-            admission = await self._admit_in_store(self.store, quota_plan, lease_id)
+            opened = None
+            if record is not None:
+                opened = _opened(settings, quota_plan, lease_id, record)
+            admission = await self._admit_in_store(self.store, quota_plan, lease_id, opened)
         except StoreUnavailable as exc:
             admission = await self._degraded(settings, quota_plan, lease_id, str(exc))
         if admission.blocking is not None or not admission.admitted:
@@ -69,20 +80,27 @@ class QuotaService:
                     QUOTA_DENIALS.labels(s.limit.policy.name, s.limit.dimension, "false").inc()
         return QuotaTicket(quota_plan, admission)
 
-    async def _admit_in_store(self, store: QuotaStore, quota_plan: QuotaPlan, lease_id: str) -> Admission:
-        if not quota_plan.has_leases:
-            return await store.admit(quota_plan, lease_id)
-        # A lease is taken: if the request is cancelled while the script runs, release it
-        # once the script answers, or it would hold a slot until its TTL.
-        task = asyncio.ensure_future(store.admit(quota_plan, lease_id))
+    async def _admit_in_store(self, store: QuotaStore, quota_plan: QuotaPlan, lease_id: str,
+                              opened: OpenAdmission | None) -> Admission:
+        admit = (store.admit(quota_plan, lease_id, opened) if isinstance(store, RedisQuotaStore)
+                 else store.admit(quota_plan, lease_id))
+        if not quota_plan.has_leases and opened is None:
+            return await admit
+        # A lease is taken or an admission registered: if the request is cancelled while the
+        # script runs, settle it once the script answers, or it would hold a slot until the sweep.
+        task = asyncio.ensure_future(admit)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            task.add_done_callback(lambda t: self._release_orphan(t, quota_plan, lease_id))
+            task.add_done_callback(lambda t: self._release_orphan(t, quota_plan, lease_id, opened))
             raise
 
-    def _release_orphan(self, task: asyncio.Future[Admission], quota_plan: QuotaPlan, lease_id: str) -> None:
+    def _release_orphan(self, task: asyncio.Future[Admission], quota_plan: QuotaPlan, lease_id: str,
+                        opened: OpenAdmission | None) -> None:
         if task.cancelled() or task.exception() is not None or not task.result().admitted:
+            return
+        if opened is not None and self.orphaned is not None:
+            self.orphaned(opened.facts)
             return
         ticket = QuotaTicket(quota_plan, task.result())
         orphan = asyncio.ensure_future(self.settle(ticket, lease_id))
@@ -91,7 +109,8 @@ class QuotaService:
 
     async def clamp(self, settings: QuotaSettings, identity: Identity, cls: Classification,
                     route: str | None, params: RequestParams, lease_id: str,
-                    refused: Admission) -> tuple[QuotaTicket, int] | None:
+                    refused: Admission, record: Mapping[str, str] | None = None
+                    ) -> tuple[QuotaTicket, int] | None:
         """A token budget refused the request and its policy says ``clamp_max_tokens``:
         lower the request's completion cap (per choice) to what the budget has left and admit
         that instead (a second call, only on this path). The ticket and the new cap; None when
@@ -104,7 +123,7 @@ class QuotaService:
         if allowed < _MIN_CLAMPED_TOKENS:
             return None
         ticket = await self.admit(settings, identity, cls, route, replace(params, completion_cap=allowed),
-                                  lease_id)
+                                  lease_id, record=record)
         if ticket is None or not ticket.admission.admitted:
             return None
         return ticket, allowed
@@ -127,22 +146,34 @@ class QuotaService:
                     extra={"mode": mode, "error": error[:200], "decision_id": lease_id})
         return admission
 
-    def recipe(self, ticket: QuotaTicket | None, lease_id: str, tenant: str) -> SettleRecipe | None:
-        """How another process can settle this admission (None: only this one can). With
-        nothing to true up or release, a recipe of the settled marker alone: it still decides,
-        once, which stream settles (and writes the request's usage record)."""
-        if not isinstance(self.store, RedisQuotaStore) or (ticket is not None and ticket.admission.degraded):
-            return None  # no Redis, or local (in-process) state: this stream settles it alone
-        if ticket is None:
-            return SettleRecipe(lease_id, 0, (), 0, tag=tenant_tag(tenant))
-        plan = ticket.plan
-        if plan.counts_tokens or plan.has_leases:
-            return settle_recipe(plan, ticket.admission, lease_id)
-        return SettleRecipe(lease_id, plan.estimate_tokens, (), plan.prompt_tokens, tag=plan.tenant_tag)
+    def recipe(self, ticket: QuotaTicket, lease_id: str) -> SettleRecipe | None:
+        """How any process can settle this admission (None: it was decided in-process, by a
+        failure mode). Settling also decides, once, whether the access log or the sweeper
+        settles it (and writes the request's usage record), even with nothing to true up."""
+        if not isinstance(self.store, RedisQuotaStore) or ticket.admission.degraded:
+            return None
+        return settle_recipe(ticket.plan, ticket.admission, lease_id)
+
+    async def release(self, ticket: QuotaTicket, lease_id: str) -> None:
+        """The request ended: free its concurrency slots at once. Its settlement (true-up,
+        record) follows from the access log; an admission decided in-process (the ``local``
+        failure mode) has none, and is settled here with its estimate kept."""
+        admission = ticket.admission
+        if not ticket.plan.has_leases or admission.degraded in ("open", "closed"):
+            return
+        if admission.degraded == "local":
+            await self.local.settle(ticket.plan, lease_id, admission, None)
+        elif isinstance(self.store, RedisQuotaStore):
+            try:
+                await self.store.release(ticket.plan, lease_id)
+            except StoreUnavailable as exc:  # settlement releases them (or the sweeper, or the TTL)
+                log.info("releasing leases failed; settlement releases them",
+                         extra={"decision_id": lease_id, "error": str(exc)[:200]})
 
     async def settle_recipe(self, recipe: SettleRecipe, actual_tokens: int) -> bool | None:
-        """Settle with the real usage from another stream. True: settled now; False: it was
-        settled already (by the other stream); None: the store could not be reached."""
+        """Settle with what the request used (in any process). True: settled now; False: it was
+        settled already (from its access-log entry, or by the sweeper); None: the store could not
+        be reached."""
         if not isinstance(self.store, RedisQuotaStore):
             return False
         return await self._settle_in_store(self.store, recipe, actual_tokens - recipe.estimate_tokens)
@@ -179,3 +210,16 @@ class QuotaService:
                     return None
                 await asyncio.sleep(pause)
         return None
+
+
+def _opened(settings: QuotaSettings, quota_plan: QuotaPlan, lease_id: str,
+            record: Mapping[str, str]) -> OpenAdmission:
+    """The facts an admission is registered with: its record's (the decision's metadata), the
+    plan's estimate and cost, and a recipe that settles it with the estimate kept."""
+    facts = {**record, "settle": settle_recipe(quota_plan, None, lease_id).to_json()}
+    if quota_plan.counts_tokens:
+        facts["estimate_tokens"] = str(quota_plan.estimate_tokens)
+    cost = quota_plan.cost_units()
+    if cost is not None:
+        facts["cost_unit"], facts["cost_units"] = cost[0], str(cost[1])
+    return OpenAdmission(settings.sweep_after_ms, json.dumps(facts, separators=(",", ":")))

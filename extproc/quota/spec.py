@@ -74,3 +74,8 @@ class QuotaSettings:
     default_max_tokens: int = 1024
     #: Sidecar replicas sharing the quotas (the ``local`` failure mode divides limits by it).
     replicas: int = 1
+    #: An admission whose end has not reached settlement this long after it is settled by the
+    #: sweeper (with its estimate, flagged): longer than any request can last in Envoy.
+    sweep_after_ms: int = 420_000
+    #: How often the sweeper looks (one sidecar at a time, by a lock in Redis).
+    sweep_interval_ms: int = 5_000

@@ -10,7 +10,7 @@ from extproc.domain.decision import Decision
 from extproc.domain.facts import RequestFacts
 from extproc.domain.usage import ResponseEnd, measure_response
 from extproc.envoy_api import ext_authz as codec
-from extproc.ledger.records import Timing, charged_tokens, cost_units, usage_record
+from extproc.ledger.records import Timing, charged_tokens, usage_record
 from extproc.ledger.writer import LedgerWriter
 from extproc.pipeline import AwaitingBody, Pipeline
 from extproc.services.common import internal_error, listener_name
@@ -65,4 +65,4 @@ class AuthorizationService(codec.Servicer):  # type: ignore[misc]
         ledger.usage_from(lambda: usage_record(
             decision.metadata(), measured, charged_tokens=charged, status=0, streamed=False,
             end=ResponseEnd.NOT_OBSERVED, timing=Timing(started), adapter=_ADAPTER,
-            now_ms=int(time.time() * 1000), cost=cost_units(decision)))
+            now_ms=int(time.time() * 1000), cost=decision.cost))

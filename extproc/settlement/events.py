@@ -23,6 +23,8 @@ class UsageSeen:
     #: stream that ended without its usage is charged for its completion.
     text_tokens: int
     events: int = 0
+    #: The body was read as a stream (SSE), not as one JSON document.
+    streamed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +32,7 @@ class RequestEnded:
     """One request's end, as Envoy's access log reports it."""
 
     #: The decision's dynamic metadata (``Decision.metadata()``): its id, tenant, route, and the
-    #: settlement recipe of a streamed response.
+    #: recipe that settles its admission.
     decision: Mapping[str, str]
     #: The HTTP status the client got (0: none).
     status: int

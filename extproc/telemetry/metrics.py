@@ -70,10 +70,14 @@ ROUTES_LAST_SYNC = Gauge("extproc_routes_last_sync_timestamp_seconds",
 ROUTES_UPDATES = Counter("extproc_routes_updates_total",
                          "Routing table versions seen, by result (applied, rejected)", ["result"])
 USAGE_SETTLEMENTS = Counter(
-    "extproc_streamed_usage_settlements_total",
-    "Streamed responses settled, by source: from their access-log entry (reported, estimated, "
-    "upstream_error; already_settled when it came second) or by the admitting stream with the "
-    "estimate after its grace period (admitting_stream)", ["source"])
+    "extproc_usage_settlements_total",
+    "Requests settled, by source: from their access-log entry (reported, estimated, upstream_error, "
+    "configured), by the sweeper when their end never arrived (swept), or not (already_settled: "
+    "it came second; store_unavailable: left to the sweeper)", ["source"])
+SWEEPS = Counter(
+    "extproc_sweeps_total",
+    "Sweeps of admissions whose end never reached settlement, by outcome: done, skipped (another "
+    "sidecar held the lock), error", ["outcome"])
 RECORDS = Counter(
     "extproc_records_total",
     "Decision and usage records by result: written to Redis, dropped (buffer full while Redis "

@@ -96,9 +96,9 @@ def test_client_gone_mid_stream_is_charged_an_estimate_once_and_releases_the_lea
     urllib.request.urlopen(urllib.request.Request(
         f"http://127.0.0.1:{stack.ports.pool_b}/__demo/release/gone-1", method="POST"), timeout=5).read()
     wait_for(lambda: in_flight(stack, "sse-gone") == 0, "lease not released")
-    wait_for(lambda: budget_used(stack, "sse-gone") > 0, "nothing charged")
+    # Settled from the access log: not the whole reservation, the prompt and what was generated.
+    wait_for(lambda: 0 < budget_used(stack, "sse-gone") < 1000, "not settled to an estimate")
     charged = budget_used(stack, "sse-gone")
-    assert charged < 1000  # not the whole reservation: the prompt and what was generated
     time.sleep(5.5)
     assert budget_used(stack, "sse-gone") == charged  # never twice
 
@@ -129,8 +129,8 @@ def test_upstream_reset_mid_stream_is_charged_an_estimate_once(stack: Stack) -> 
         resp.read()  # Envoy resets the client's stream: no [DONE]
     conn.close()
     wait_for(lambda: in_flight(stack, "sse-reset") == 0, "lease not released")
-    wait_for(lambda: budget_used(stack, "sse-reset") > 0, "nothing charged")
+    # The prompt's share and the one chunk seen, not the reservation.
+    wait_for(lambda: 0 < budget_used(stack, "sse-reset") < 800, "not settled to an estimate")
     charged = budget_used(stack, "sse-reset")
-    assert charged < 800  # the prompt's share and the one chunk seen, not the reservation
     time.sleep(5.5)
     assert budget_used(stack, "sse-reset") == charged  # never twice

@@ -20,7 +20,7 @@ from extproc.quota.local_store import LocalLimiter
 from extproc.quota.plan import plan
 from extproc.quota.recipe import SettleRecipe
 from extproc.quota.redis_client import client_from_url, quota_client
-from extproc.quota.redis_store import RedisQuotaStore, settle_recipe
+from extproc.quota.redis_store import OpenAdmission, RedisQuotaStore, open_keys, settle_recipe
 from extproc.quota.service import QuotaService
 from extproc.quota.spec import Budget, FailureMode, QuotaPolicy, QuotaSettings, Rate, Unit
 from extproc.quota.store import StoreUnavailable
@@ -239,9 +239,31 @@ async def test_a_retried_settlement_is_applied_once_and_told_it_settled(redis_se
     assert not await store.settle_recipe(recipe, 0, nonce="other")  # the other stream
     redis = client_from_url(redis_server.url, 2.0)
     assert int(await redis.hget("xq:{acme}:b:day", "u")) == 50
-    # A recipe with nothing to settle only decides who came first.
-    marker = SettleRecipe("d-marker", 0, (), 0, tag="acme")
-    assert await store.settle_recipe(marker, 0, nonce="a") and not await store.settle_recipe(marker, 0, nonce="b")
+    await redis.aclose()
+    await store.client.aclose()
+
+
+async def test_an_admission_is_registered_for_the_sweeper_until_it_is_settled(redis_server) -> None:
+    """An admitted request whose end should reach settlement is registered, in the admitting
+    script, with the time it may be swept and its facts; settling removes it; a refusal
+    registers nothing."""
+    s = settings(QuotaPolicy("c", concurrency=1))
+    now = ms(datetime(2026, 5, 1, 12, tzinfo=UTC))
+    store = await store_for(redis_server, now_ms=now)
+    p = plan(s, ACME, CHAT, "r1", BODY)
+    redis = client_from_url(redis_server.url, 2.0)
+    due_key, facts_key = open_keys("acme")
+    assert (await store.admit(p, "d-open", OpenAdmission(60_000, '{"decision_id":"d-open"}'))).admitted
+    assert await redis.zscore(due_key, "d-open") == now + 60_000
+    assert await redis.hget(facts_key, "d-open") == b'{"decision_id":"d-open"}'
+    refused = await store.admit(p, "d-refused", OpenAdmission(60_000, "{}"))
+    assert not refused.admitted and await redis.zscore(due_key, "d-refused") is None
+    assert await redis.pttl(due_key) > 0 and await redis.pttl(facts_key) > 0
+    adm = await store.admit(plan(settings(QuotaPolicy("rpm", requests=Rate(10, 60_000, 10))), ACME, CHAT, "r1",
+                                 BODY), "d-other", None)
+    assert adm.admitted and await redis.zscore(due_key, "d-other") is None  # not registered: nothing asked
+    assert await store.settle_recipe(settle_recipe(p, None, "d-open"), 0)
+    assert await redis.zscore(due_key, "d-open") is None and await redis.hget(facts_key, "d-open") is None
     await redis.aclose()
     await store.client.aclose()
 

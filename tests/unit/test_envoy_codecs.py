@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from envoy.config.core.v3 import base_pb2
-from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.auth.v3 import external_auth_pb2 as authz_pb
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
@@ -13,7 +12,7 @@ from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
 from extproc.domain.classify import Classification, WorkloadClass
-from extproc.domain.decision import allow, deny
+from extproc.domain.decision import Accounting, allow, deny
 from extproc.domain.identity import ANONYMOUS
 from extproc.domain.reasons import Reason
 from extproc.envoy_api import ext_authz, ext_proc
@@ -86,7 +85,8 @@ def test_read_body_asks_for_buffered_partial() -> None:
     resp = _parsed(ext_proc.read_body(facts))
     assert resp.HasField("mode_override")
     assert resp.mode_override.request_body_mode == resp.mode_override.BUFFERED_PARTIAL
-    assert resp.mode_override.response_header_mode == resp.mode_override.SEND
+    # The response is never sent to the sidecar (its headers come from dynamic metadata).
+    assert resp.mode_override.response_header_mode == resp.mode_override.SKIP
     # Cleared already here (see read_body): a body that arrives late must not meet a stale route.
     common = resp.request_headers.response
     assert common.clear_route_cache
@@ -148,11 +148,8 @@ def _reference_decided(decision, facts, phase: str) -> pb.ProcessingResponse:
         common.body_mutation.body = decision.body_rewrite
         common.header_mutation.remove_headers.append("content-length")
     if phase == "headers":
-        # Response headers are SKIP in the filter's config: every allowed request turns them on.
-        mode = ProcessingMode(request_header_mode=ProcessingMode.SEND, response_header_mode=ProcessingMode.SEND,
-                              request_trailer_mode=ProcessingMode.SKIP, response_trailer_mode=ProcessingMode.SKIP)
         return pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common),
-                                     dynamic_metadata=_reference_metadata(decision), mode_override=mode)
+                                     dynamic_metadata=_reference_metadata(decision))
     return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common),
                                  dynamic_metadata=_reference_metadata(decision))
 
@@ -164,7 +161,7 @@ def test_wire_answers_equal_the_messages_built_field_by_field() -> None:
     plain = allow("d1", cls, ANONYMOUS, route, "gpt-4o",
                   response_headers=(("x-ratelimit-remaining-requests", "9"), ("x-long", long_value)))
     rewritten = allow("d2", cls, ANONYMOUS, route, "gpt-4o-mini", body_rewrite=b'{"model":"gpt-4o-mini"}',
-                      usage_recipe='{"lease":"d2"}' + "x" * 200)
+                      recipe='{"lease":"d2"}' + "x" * 200, accounting=Accounting.READ)
     facts = ext_proc.request_facts(headers_msg(PAIRS, True), "default")
     clean = ext_proc.request_facts(headers_msg([(":method", "GET"), (":path", "/v1/models")], True, True), "d")
     for decision in (plain, rewritten, _allowed()):
@@ -178,12 +175,10 @@ def test_wire_answers_equal_the_messages_built_field_by_field() -> None:
         request_headers=pb.HeadersResponse(response=pb.CommonResponse(
             header_mutation=pb.HeaderMutation(), clear_route_cache=True)),
         mode_override=read.mode_override)
-    tagged = _parsed(ext_proc.response_headers(plain.client_headers(), read_body=True))
-    assert tagged.response_headers.response.header_mutation == pb.HeaderMutation(
-        set_headers=[_option(k, v) for k, v in plain.client_headers()])
-    assert tagged.mode_override.response_body_mode == tagged.mode_override.BUFFERED_PARTIAL
-    assert _parsed(ext_proc.response_headers([])) == pb.ProcessingResponse(
-        response_headers=pb.HeadersResponse(response=pb.CommonResponse()))
+    # The client's headers travel as metadata, for Envoy's formatters (envoy/gateway.yaml).
+    meta = _parsed(ext_proc.decided(plain, facts, "headers")).dynamic_metadata.fields["extproc"].struct_value
+    assert meta.fields["hdr.x-ratelimit-remaining-requests"].string_value == "9"
+    assert meta.fields["hdr.x-long"].string_value == long_value
     denied = _parsed(ext_proc.decided(deny("d3", Reason.UNKNOWN_WORKLOAD, "no"), facts, "headers"))
     assert denied.immediate_response.status.code == 404
     assert denied.dynamic_metadata == _reference_metadata(deny("d3", Reason.UNKNOWN_WORKLOAD, "no"))

@@ -19,7 +19,7 @@ from extproc.domain.reasons import Reason
 from extproc.domain.usage import ResponseEnd, Usage, measure_response, measure_stream
 from extproc.ledger.explain import explain
 from extproc.ledger.query import Found, parse_since
-from extproc.ledger.records import SOURCE_NAMES, Timing, cost_units, decision_record, usage_record
+from extproc.ledger.records import SOURCE_NAMES, Timing, decision_record, usage_record
 from extproc.ledger.spec import keeps_allowed
 from extproc.ledger.v1 import ledger_pb2
 from extproc.quota.plan import plan
@@ -189,10 +189,10 @@ def test_a_class_measured_in_other_units_records_its_configured_cost() -> None:
     state = LimitState(p.limits[0], True, 3570, 0, 30_000, 30, 0)
     ticket = QuotaTicket(p, Admission(True, (state,), None, 0))
     decision = allow("01video", video, ALICE, _route(), "sora", quota=ticket)  # type: ignore[arg-type]
-    assert cost_units(decision) == ("seconds", 30)
+    assert decision.cost == ("seconds", 30)
     record = usage_record(decision.metadata(), measure_response(200, None, 0), charged_tokens=0, status=200,
                           streamed=False, end=ResponseEnd.COMPLETE, timing=Timing(0.0), adapter="ext_proc", now_ms=0,
-                          cost=cost_units(decision))
+                          cost=decision.cost)
     assert (record.cost_unit, record.cost_units, SOURCE_NAMES[record.source]) == ("seconds", 30, "configured")
     assert "Cost: 30 seconds." in explain(Found(None, record), "01video")
 

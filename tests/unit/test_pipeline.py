@@ -316,5 +316,5 @@ async def test_openai_streams_are_asked_for_their_usage_on_ext_proc_only() -> No
     assert unstreamed.body_rewrite is None
     ext_authz = RequestFacts("POST", "/v1/chat/completions", "gw", {}, False, "default")
     assert (await decide(p, ext_authz, {"model": "gpt-4o", "stream": True})).body_rewrite is None
-    # No quota store: nothing for a usage stream to settle, so no second stream is asked for.
-    assert out.usage_recipe is None and "x-extproc-usage" not in dict(out.upstream_headers())
+    # No quota store and no records: nothing to settle, so the usage reader is not asked for.
+    assert out.recipe is None and "x-extproc-usage" not in dict(out.upstream_headers())

@@ -22,6 +22,7 @@ class ResponseEnd(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RESPONSE_END_INTERRUPTED: _ClassVar[ResponseEnd]
     RESPONSE_END_NO_RESPONSE: _ClassVar[ResponseEnd]
     RESPONSE_END_NOT_OBSERVED: _ClassVar[ResponseEnd]
+    RESPONSE_END_UNREPORTED: _ClassVar[ResponseEnd]
 USAGE_SOURCE_UNSPECIFIED: UsageSource
 USAGE_SOURCE_REPORTED: UsageSource
 USAGE_SOURCE_ESTIMATED: UsageSource
@@ -32,6 +33,7 @@ RESPONSE_END_COMPLETE: ResponseEnd
 RESPONSE_END_INTERRUPTED: ResponseEnd
 RESPONSE_END_NO_RESPONSE: ResponseEnd
 RESPONSE_END_NOT_OBSERVED: ResponseEnd
+RESPONSE_END_UNREPORTED: ResponseEnd
 
 class Tokens(_message.Message):
     __slots__ = ("prompt", "completion", "total", "cached", "reasoning")

@@ -1,11 +1,16 @@
 -- Admission: check every limit of one request and, only if all enforced ones pass,
 -- consume them all. One call per request; every key carries the tenant's hash tag.
 --
--- KEYS[i]  the i-th limit's key
+-- KEYS[1]  the tenant's open admissions (sorted set: decision id -> when the sweeper may settle it)
+-- KEYS[2]  their settlement facts (hash: decision id -> what the sweeper settles and records)
+-- KEYS[2+i]  the i-th limit's key
 -- ARGV[1]  now in ms, or '' to use Redis TIME (one clock for every sidecar replica)
 -- ARGV[2]  lease id (the decision id)
 -- ARGV[3]  deadline in Redis-clock ms, or '': a call that reaches Redis later (it was paused,
 --          the sidecar gave up and answered by its failure mode) must not consume anything
+-- ARGV[4]  ms after which an admission whose end never reached settlement is swept, or '':
+--          nothing is registered (settlement.sweeper, settle.lua removes the entry)
+-- ARGV[5]  the settlement facts to register (opaque to this script)
 -- then 6 values per limit: kind, enforce ('1'|'0'), a, b, c, d
 --   gcra         a=period_ms b=limit c=burst d=cost          (request and token rates)
 --   budget       a=limit b=cost c='day'|'month' d=utc_offset_s (calendar budgets)
@@ -68,11 +73,12 @@ local apply = {}
 local blocking = 0
 
 local worst_retry = -2
-for i = 1, #KEYS do
-  local base = 3 + (i - 1) * 6
+local LIMITS = #KEYS - 2
+for i = 1, LIMITS do
+  local base = 5 + (i - 1) * 6
   local kind, enforce = ARGV[base + 1], ARGV[base + 2] == '1'
   local a, b, c, d = ARGV[base + 3], ARGV[base + 4], ARGV[base + 5], ARGV[base + 6]
-  local key = KEYS[i]
+  local key = KEYS[2 + i]
   local allowed, remaining, retry, reset, used, pid = 0, 0, 0, 0, 0, 0
 
   if kind == 'gcra' then
@@ -143,10 +149,10 @@ for i = 1, #KEYS do
 end
 
 if blocking == 0 then
-  for i = 1, #KEYS do
+  for i = 1, LIMITS do
     local p = apply[i]
     if p then
-      local key = KEYS[i]
+      local key = KEYS[2 + i]
       if p[1] == 'gcra' then
         redis.call('HSET', key, 'd', p[2], 't', now)
         redis.call('PEXPIRE', key, math.ceil(p[2]) + 1000)
@@ -157,6 +163,19 @@ if blocking == 0 then
         redis.call('ZADD', key, p[2], lease)
         redis.call('PEXPIRE', key, p[3])
       end
+    end
+  end
+  if ARGV[4] ~= '' then
+    -- Registered with what it consumed: if its end never reaches settlement (a killed worker,
+    -- a lost access-log batch), the sweeper settles it from these facts after ARGV[4] ms.
+    local due = now + tonumber(ARGV[4])
+    redis.call('ZADD', KEYS[1], due, lease)
+    redis.call('HSET', KEYS[2], lease, ARGV[5])
+    -- The tenant's two keys outlive every entry in them (refreshed at most every half-life).
+    local keep = tonumber(ARGV[4]) * 4 + 3600000
+    if redis.call('PTTL', KEYS[1]) < keep / 2 then
+      redis.call('PEXPIRE', KEYS[1], keep)
+      redis.call('PEXPIRE', KEYS[2], keep)
     end
   end
 end

@@ -1,7 +1,9 @@
 -- Settlement, once per request (idempotent): true up token rates and budgets to what was
 -- really used, and release the concurrency lease.
 --
--- KEYS[1]  settled marker for this decision; KEYS[2..] the request's limit keys
+-- KEYS[1]  settled marker for this decision; KEYS[2], KEYS[3] the tenant's open admissions and
+--          their settlement facts (admit.lua; the decision's entry is removed); KEYS[4..] the
+--          request's limit keys
 -- ARGV[1]  now in ms, or '' for Redis TIME;  ARGV[2] lease id;  ARGV[3] marker TTL ms
 -- ARGV[4]  this settlement's nonce: a retry of the same settlement (its reply was lost to a
 --          timeout) is told it settled, without applying anything twice
@@ -16,6 +18,7 @@ if redis.call('SET', KEYS[1], ARGV[4], 'NX', 'PX', tonumber(ARGV[3])) == false t
   if redis.call('GET', KEYS[1]) == ARGV[4] then return 1 end
   return 0
 end
+if redis.call('ZREM', KEYS[2], ARGV[2]) == 1 then redis.call('HDEL', KEYS[3], ARGV[2]) end
 
 local function now_ms()
   if ARGV[1] ~= '' then return tonumber(ARGV[1]) end
@@ -25,8 +28,8 @@ end
 
 local now = now_ms()
 local lease = ARGV[2]
-for i = 2, #KEYS do
-  local base = 4 + (i - 2) * 4
+for i = 4, #KEYS do
+  local base = 4 + (i - 4) * 4
   local kind, a, b, c = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
   local key = KEYS[i]
   if kind == 'gcra' then
