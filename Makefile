@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint typecheck protos bench bench-quick bench-workers bench-ttft bench-identity bench-profile bench-failures clean
+.PHONY: setup run test lint typecheck protos bench bench-quick bench-workers bench-stream bench-ttft bench-identity bench-profile bench-failures clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,9 @@ bench-quick: setup $(PERF_STAMP)
 bench-workers: setup $(PERF_STAMP)
 	@scripts/ensure-system-deps.sh perf
 	$(BIN)/python perf/bench_workers.py
+
+bench-stream: setup $(PERF_STAMP)
+	$(BIN)/python perf/bench_stream.py
 
 bench-ttft: setup $(PERF_STAMP)
 	$(BIN)/python perf/bench_ttft.py

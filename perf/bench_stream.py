@@ -16,7 +16,7 @@ Side by side in one run, each against its own Envoy (``--concurrency 1``):
 
 For each: CPU per request of the sidecar and of the gateway Envoy (``/proc``, over the run and
 the 6 s after it, so that deferred work is charged to the run that caused it; the sidecar's
-idle CPU over those 6 s, measured first, is taken off), streamed ÷ unstreamed ratios, and whether every streamed request's usage record equals what
+idle CPU over the run and those 6 s, its rate measured first, is taken off), streamed ÷ unstreamed ratios, and whether every streamed request's usage record equals what
 the upstream reported (the records the sidecar writes to Redis). Rounds are interleaved A, C,
 C0, C; the report takes medians.
 
@@ -182,8 +182,8 @@ def main() -> int:
             asyncio.run(load(port, bench.token, stream, 4, 4))
         time.sleep(AFTER_S)
         # What the sidecar burns idle (timers, the records writer): taken off each run's
-        # after-period, which each run waits out so that its own deferred work (settlements,
-        # records, the deciding streams' grace-period fallbacks) is charged to it, not to the next.
+        # window, which each run extends by an after-period so that its own deferred work
+        # (settlements, records) is charged to it, not to the next.
         idle0 = thread_cpu_seconds(sidecar_pid)
         time.sleep(IDLE_S)
         idle_rate = (thread_cpu_seconds(sidecar_pid) - idle0) / IDLE_S
@@ -198,7 +198,9 @@ def main() -> int:
                 time.sleep(AFTER_S)
                 assert {status for status, _ in answers} == {200}, answers[:3]
                 n = len(answers)
-                sidecar_s = thread_cpu_seconds(sidecar_pid) - sidecar_cpu - idle_rate * AFTER_S
+                # Idle work (timers, pollers) is taken off the whole window, run and after-period:
+                # a streamed run lasts longer, and would otherwise be charged more of it.
+                sidecar_s = thread_cpu_seconds(sidecar_pid) - sidecar_cpu - idle_rate * (wall + AFTER_S)
                 samples[name].append({
                     "sidecar_us": max(0.0, sidecar_s) / n * 1e6 if envoy != "plain" else 0.0,
                     "envoy_us": (thread_cpu_seconds(envoy_pid[envoy]) - envoy_cpu) / n * 1e6,

@@ -26,17 +26,6 @@ class ResponseEnd(Enum):
     NOT_OBSERVED = "not_observed"  # the gateway does not watch this response to its end
     UNREPORTED = "unreported"  # its end never reached settlement: settled by the sweeper
 
-    @classmethod
-    def seen(cls, started: bool, watched: bool, reached_end: bool) -> ResponseEnd:
-        """From what one stream saw: whether the response ``started`` (headers), whether it
-        ``watched`` the response to its end (it was reading the body), and whether it
-        ``reached_end`` (an end of stream, in the headers or the body)."""
-        if reached_end:
-            return cls.COMPLETE
-        if not started:
-            return cls.NO_RESPONSE
-        return cls.INTERRUPTED if watched else cls.NOT_OBSERVED
-
 
 @dataclass(frozen=True, slots=True)
 class Usage:

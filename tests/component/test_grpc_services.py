@@ -36,11 +36,6 @@ def body(data: bytes, eos: bool = True) -> pb.ProcessingRequest:
     return pb.ProcessingRequest(request_body=pb.HttpBody(body=data, end_of_stream=eos))
 
 
-def response_headers() -> pb.ProcessingRequest:
-    hv = [base_pb2.HeaderValue(key=":status", raw_value=b"200")]
-    return pb.ProcessingRequest(response_headers=pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=hv)))
-
-
 def set_headers(common: pb.CommonResponse) -> dict[str, str]:
     return {h.header.key: h.header.raw_value.decode() for h in common.header_mutation.set_headers}
 
