@@ -189,9 +189,10 @@ class Pipeline:
         #    record, for the sweeper should that end never arrive.
         accounting = self._accounting(facts, cls)
         record = None
-        if accounting is not Accounting.NONE:
-            record = allow(decision_id, cls, identity, route, served, accounting=accounting,
-                           prompt_tokens=params.prompt_tokens).metadata()
+        if accounting is not Accounting.NONE:  # built only if a limit applies
+            def record() -> dict[str, str]:
+                return allow(decision_id, cls, identity, route, served, accounting=accounting,
+                             prompt_tokens=params.prompt_tokens).metadata()
         ticket = await self._quota.admit(snapshot.quotas, identity, quota_cls, route.entry.id, params,
                                          decision_id, leases=facts.sees_request_end, record=record)
         timer.lap("quota")

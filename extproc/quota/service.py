@@ -49,11 +49,12 @@ class QuotaService:
 
     async def admit(self, settings: QuotaSettings, identity: Identity, cls: Classification,
                     route: str | None, params: RequestParams, lease_id: str,
-                    leases: bool = True, record: Mapping[str, str] | None = None) -> QuotaTicket | None:
+                    leases: bool = True, record: Callable[[], Mapping[str, str]] | None = None
+                    ) -> QuotaTicket | None:
         """``params``: what the body asks for (its token estimate). ``leases=False`` for adapters
         that never see the request end (ext_authz): a lease nobody can release would hold a slot
-        for its whole TTL, so concurrency caps are skipped. ``record``: the decision's metadata
-        when its end reaches settlement (the access log): the admission is registered with it,
+        for its whole TTL, so concurrency caps are skipped. ``record``: makes the decision's
+        metadata, when its end reaches settlement (the access log): the admission is registered with it,
         so that the sweeper settles and records it if that end never arrives."""
         quota_plan = plan(settings, identity, cls, route, params)
         if not leases:
@@ -65,7 +66,7 @@ class QuotaService:
                 raise StoreUnavailable("no quota store configured (--redis-url)")
             opened = None
             if record is not None:
-                opened = _opened(settings, quota_plan, lease_id, record)
+                opened = _opened(settings, quota_plan, lease_id, record())
             admission = await self._admit_in_store(self.store, quota_plan, lease_id, opened)
         except StoreUnavailable as exc:
             admission = await self._degraded(settings, quota_plan, lease_id, str(exc))
@@ -109,7 +110,7 @@ class QuotaService:
 
     async def clamp(self, settings: QuotaSettings, identity: Identity, cls: Classification,
                     route: str | None, params: RequestParams, lease_id: str,
-                    refused: Admission, record: Mapping[str, str] | None = None
+                    refused: Admission, record: Callable[[], Mapping[str, str]] | None = None
                     ) -> tuple[QuotaTicket, int] | None:
         """A token budget refused the request and its policy says ``clamp_max_tokens``:
         lower the request's completion cap (per choice) to what the budget has left and admit
