@@ -49,7 +49,7 @@ from extproc.ledger.spec import USAGE_STREAM  # noqa: E402
 from tests.support import wait_http  # noqa: E402
 
 PROMPT_TOKENS = 24
-#: After each run: past the deciding stream's 5 s grace period (its fallback settlement).
+#: After each run: its settlements and records (access-log batches, the record writer) land.
 AFTER_S = 6.0
 IDLE_S = 5.0
 MESSAGES = [{"role": "user", "content": "Tell me a story about a lighthouse keeper, please."}]

@@ -126,8 +126,8 @@ def test_records_reconcile_with_the_counters_over_a_mixed_run(stack: Stack) -> N
     conn.close()
     urllib.request.urlopen(urllib.request.Request(
         f"http://127.0.0.1:{stack.ports.pool_b}/__demo/release/recon-gone", method="POST"), timeout=5).read()
-    # A stream answered without a body never reaches the usage filter: the admitting stream
-    # settles it with the estimate after its grace period and writes the record.
+    # A stream answered without a body: the usage reader sees nothing, settlement charges the
+    # prompt's share of the estimate and writes the record.
     status, headers, _ = post(stack, token, {"model": "gpt-4o", "messages": prompt, "stream": True,
                                              "max_tokens": 40}, {"x-demo-status": "204"})
     assert status == 204
@@ -143,7 +143,7 @@ def test_records_reconcile_with_the_counters_over_a_mixed_run(stack: Stack) -> N
     ids["401"] = headers["x-extproc-decision-id"]
 
     wait_for(lambda: len(usage_records(stack, tenant)) >= allowed, "usage records missing")
-    time.sleep(1.0)  # past the admitting streams' grace too: nothing may be settled or recorded twice
+    time.sleep(1.0)  # past a few access-log flushes: nothing may be settled or recorded twice
     records = usage_records(stack, tenant)
     assert len(records) == allowed
     assert len({r.decision_id for r in records}) == allowed

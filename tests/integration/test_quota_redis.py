@@ -217,7 +217,7 @@ async def test_another_process_settles_from_the_recipe_and_only_once(redis_serve
     redis = client_from_url(redis_server.url, 2.0)
     assert int(await redis.hget("xq:{acme}:b:day", "u")) == 42
     assert await redis.zcard("xq:{acme}:c:day") == 0  # the lease went with it
-    # The admitting stream's own late settlement (with its estimate) changes nothing.
+    # A second settlement (the sweeper's, with the estimate) changes nothing.
     assert not await admitting.settle(p, "d-stream", adm, None)
     assert int(await redis.hget("xq:{acme}:b:day", "u")) == 42
     await redis.aclose()

@@ -1,4 +1,4 @@
-"""The settlement recipe handed from the admitting stream to the usage stream."""
+"""The settlement recipe a decision hands to settlement (and an admission to the sweeper)."""
 
 from __future__ import annotations
 
