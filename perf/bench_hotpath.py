@@ -1,7 +1,9 @@
 """CPU per request of our own code on the ext_proc path, without gRPC: the full sidecar's
-servicer (token cache, classification, Redis quota admission and settlement, routing,
-Envoy messages, records, metrics) driven in-process with the messages Envoy sends for one
-chat request, against a real redis-server and the real demo issuer's keys.
+servicer (token cache, classification, Redis quota admission, routing, Envoy messages, lease
+release, records, metrics) driven in-process with the messages Envoy sends for one chat request
+(headers, then the body), then its end as Envoy's access log brings it (the codec and the
+settler: true-up, usage record), in batches of 32, against a real redis-server and the real
+demo issuer's keys.
 
     .venv/bin/python perf/bench_hotpath.py [--requests 20000] [--concurrency 32] [--rounds 3]
 
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -30,21 +31,21 @@ sys.path.insert(0, str(ROOT / "perf"))
 
 import grpc  # noqa: E402
 from bench_gateway import CHAT_BODY, Bench  # noqa: E402
+from envoy.data.accesslog.v3 import accesslog_pb2  # noqa: E402
+from envoy.service.accesslog.v3 import als_pb2  # noqa: E402
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb  # noqa: E402
+from google.protobuf import struct_pb2  # noqa: E402
 
 from extproc.app import Worker  # noqa: E402
 from extproc.devstack.noop_sidecar import NoopProcessor  # noqa: E402
+from extproc.envoy_api.access_log import request_ends  # noqa: E402
 from extproc.runtime import settle_heap  # noqa: E402
 from extproc.settings import Settings  # noqa: E402
-
-USAGE_BODY = json.dumps({"id": "c1", "object": "chat.completion", "model": "gpt-4o-mini",
-                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."},
-                                      "finish_reason": "stop"}],
-                         "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}}).encode()
+from extproc.settlement.settler import Settler  # noqa: E402
 
 
 def chat_messages(token: str) -> list[pb.ProcessingRequest]:
-    """What Envoy sends the deciding stream for one chat request, in order."""
+    """What Envoy sends the deciding stream for one chat request, in order (no response phase)."""
     def headers(pairs: list[tuple[str, str]], end: bool) -> pb.HttpHeaders:
         h = pb.HttpHeaders(end_of_stream=end)
         for k, v in pairs:
@@ -56,12 +57,30 @@ def chat_messages(token: str) -> list[pb.ProcessingRequest]:
                        ("content-type", "application/json"), ("content-length", str(len(body))),
                        ("user-agent", "wrk"), ("x-request-id", "5b1c3f2e-0d7e-4c1b-9a51-1f2d3c4b5a69"),
                        ("x-forwarded-proto", "http")], False)
-    response = headers([(":status", "200"), ("content-type", "application/json"),
-                        ("content-length", str(len(USAGE_BODY))), ("server", "envoy")], False)
     return [pb.ProcessingRequest(request_headers=request),
-            pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True)),
-            pb.ProcessingRequest(response_headers=response),
-            pb.ProcessingRequest(response_body=pb.HttpBody(body=USAGE_BODY, end_of_stream=True))]
+            pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True))]
+
+
+#: What envoy/usage.lua puts in metadata for the JSON answer above.
+USAGE_SEEN = struct_pb2.Struct(fields={
+    "status": struct_pb2.Value(number_value=200), "read": struct_pb2.Value(string_value="json"),
+    "reported": struct_pb2.Value(number_value=1), "prompt": struct_pb2.Value(number_value=9),
+    "completion": struct_pb2.Value(number_value=3), "completed": struct_pb2.Value(number_value=1),
+    "end": struct_pb2.Value(number_value=1)})
+#: Envoy flushes its access log in batches; this many entries a batch.
+LOG_BATCH = 32
+
+
+def log_entry(answer: bytes) -> accesslog_pb2.HTTPAccessLogEntry:
+    """The access-log entry Envoy writes for a request whose deciding answer was ``answer``."""
+    entry = accesslog_pb2.HTTPAccessLogEntry()
+    common = entry.common_properties
+    metadata = pb.ProcessingResponse.FromString(answer).dynamic_metadata
+    common.metadata.filter_metadata["extproc"].CopyFrom(metadata.fields["extproc"].struct_value)
+    common.metadata.filter_metadata["extproc.usage"].CopyFrom(USAGE_SEEN)
+    entry.response.response_code.value = 200
+    common.time_to_last_downstream_tx_byte.FromMilliseconds(3)
+    return entry
 
 
 class _Stream:
@@ -70,6 +89,7 @@ class _Stream:
     def __init__(self, messages: list[pb.ProcessingRequest]) -> None:
         self._messages = iter(messages)
         self.answers = 0
+        self.last = b""
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return (("x-extproc-listener", "gateway"),)
@@ -80,24 +100,43 @@ class _Stream:
     async def write(self, response: bytes) -> None:
         assert isinstance(response, bytes)  # sent as it is (envoy_api.ext_proc.add_to_server)
         self.answers += 1
+        self.last = response
 
 
-async def drive(servicer: Any, messages: list[pb.ProcessingRequest], requests: int, concurrency: int) -> float:
-    """CPU seconds per request for ``requests`` streams, ``concurrency`` at a time."""
+async def drive(servicer: Any, settler: Settler | None, messages: list[pb.ProcessingRequest], requests: int,
+                concurrency: int) -> float:
+    """CPU seconds per request for ``requests`` streams, ``concurrency`` at a time, each request's
+    end then settled from the access log (``settler``; None: the do-nothing floor, no settlement).
+    The harness's own work (building the log entries Envoy would send) is not counted."""
     left = requests
+    batch = als_pb2.StreamAccessLogsMessage()
+    harness = 0.0
+
+    async def flush() -> None:
+        if settler is not None and batch.http_logs.log_entry:
+            events = request_ends(batch)
+            del batch.http_logs.log_entry[:]
+            await settler.ended(events)
 
     async def client() -> None:
-        nonlocal left
+        nonlocal left, harness
         while left > 0:
             left -= 1
             stream = _Stream(messages)
             await servicer.Process(None, stream)
             if stream.answers != len(messages):
                 raise RuntimeError(f"{stream.answers} answers to {len(messages)} messages")
+            if settler is not None:
+                started = time.process_time()
+                batch.http_logs.log_entry.append(log_entry(stream.last))
+                harness += time.process_time() - started
+                if len(batch.http_logs.log_entry) >= LOG_BATCH:
+                    await flush()
 
     cpu = time.process_time()
     await asyncio.gather(*(client() for _ in range(concurrency)))
-    return (time.process_time() - cpu) / requests
+    await flush()
+    return (time.process_time() - cpu - harness) / requests
 
 
 async def run(args: argparse.Namespace, bench: Bench) -> dict[str, list[float]]:
@@ -108,14 +147,14 @@ async def run(args: argparse.Namespace, bench: Bench) -> dict[str, list[float]]:
     records = asyncio.create_task(worker.ledger.run())
     full, _, _ = worker.servicers()
     messages = chat_messages(bench.token)
-    await drive(full, messages, 200, 4)  # warm-up: JWKS fetch, token cache, connections
+    await drive(full, worker.settler, messages, 200, 4)  # warm-up: JWKS fetch, token cache, connections
     await full.drain()
     settle_heap()  # as the worker does before serving
     out: dict[str, list[float]] = {"full": [], "noop": []}
     for _ in range(args.rounds):
-        for name, servicer in (("full", full), ("noop", NoopProcessor())):
-            out[name].append(await drive(servicer, messages, args.requests, args.concurrency) * 1e6)
-            await full.drain()  # settlements of this round, counted in it
+        for name, servicer, settler in (("full", full, worker.settler), ("noop", NoopProcessor(), None)):
+            out[name].append(await drive(servicer, settler, messages, args.requests, args.concurrency) * 1e6)
+            await full.drain()  # lease releases of this round, counted in it
     records.cancel()
     await worker.ledger.close()
     await worker.identity.close()
