@@ -196,7 +196,7 @@ def test_bad_values_are_refused() -> None:
 @pytest.mark.parametrize("name", ["gateway.yaml", "auth_guard.lua", "usage.lua"])
 def test_chart_envoy_bootstrap_is_the_projects(name: str) -> None:
     assert (CHART / "files" / name).read_text() == (ROOT / "envoy" / name).read_text(), \
-        f"deploy/k8s/files/{name} drifted from envoy/{name}: cp envoy/{name} deploy/k8s/files/"
+        f"deploy/k8s/files/{name} is not envoy/{name}: it must be a symlink to ../../../envoy/{name}"
 
 
 def test_chart_renders_the_auth_guard_as_the_project_does() -> None:
