@@ -443,7 +443,7 @@ local function count_text(st, text)
 end
 
 ---------------------------------------------------------------------------------------------
--- SSE (extproc/domain/sse_usage.py)
+-- SSE (as tests/sse_reference.py reads it)
 ---------------------------------------------------------------------------------------------
 
 -- What an SSE event's JSON is decoded for (everything else is checked and skipped).
@@ -456,6 +456,14 @@ local SSE_SPEC = {
   message = {usage = true},                -- Anthropic
 }
 local JSON_SPEC = {usage = true}           -- a whole JSON body: only its top-level usage
+
+-- A usage value seen (nil: none): kept in the state, and the metadata marked for an update.
+local function keep(st, key, value)
+  if value ~= nil then
+    st[key] = value
+    st.dirty = true
+  end
+end
 
 local function read_event(st, doc)
   local kind = doc.type
@@ -471,13 +479,7 @@ local function read_event(st, doc)
         end
       end
     end
-    if doc.usage ~= nil then
-      local u = usage_from_object(doc.usage)
-      if u then
-        st.usage = u
-        st.dirty = true
-      end
-    end
+    keep(st, "usage", usage_from_object(doc.usage))
     return
   end
   if type(kind) ~= "string" then return end
@@ -487,39 +489,23 @@ local function read_event(st, doc)
     elseif kind == "response.completed" or kind == "response.incomplete" or kind == "response.failed" then
       st.completed = true
       local response = doc.response
-      if is_object(response) then
-        local u = usage_from_object(response.usage)
-        if u then
-          st.usage = u
-          st.dirty = true
-        end
-      end
+      if is_object(response) then keep(st, "usage", usage_from_object(response.usage)) end
     end
     return
   end
   if kind == "message_start" then          -- Anthropic
     local message = doc.message
     if is_object(message) then
-      -- sse_usage.py replaces the input usage even with None; here a later message_start without
+      -- tests/sse_reference.py replaces the input usage even with None; here a later message_start without
       -- a usage keeps the one seen (the metadata already carries it).
-      local u = usage_from_object(message.usage)
-      if u then
-        st.input = u
-        st.dirty = true
-      end
+      keep(st, "input", usage_from_object(message.usage))
     end
   elseif kind == "content_block_delta" then
     local delta = doc.delta
     if is_object(delta) then count_text(st, delta.text) end
   elseif kind == "message_delta" then
     local u = doc.usage
-    if is_object(u) then
-      local out = tokens(u.output_tokens)
-      if out then
-        st.output = out
-        st.dirty = true
-      end
-    end
+    if is_object(u) then keep(st, "output", tokens(u.output_tokens)) end
   elseif kind == "message_stop" then
     st.completed = true
   end
