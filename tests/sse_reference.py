@@ -1,6 +1,12 @@
-"""Token usage from a streamed (SSE) response, read chunk by chunk as it passes (pure): the
-reference the usage reader in Envoy (``envoy/usage.lua``) is tested against. The gateway reads
-streams inside Envoy; this Python reader, which it used before, states the same semantics.
+"""Token usage from a response, JSON or streamed (SSE), read as it passes (pure): the reference
+the usage reader in Envoy (``envoy/usage.lua``) is tested against. The gateway reads responses
+inside Envoy; these Python readers, which it used before, state the same semantics.
+
+Where each API puts the usage of a JSON body: its top-level ``usage``, OpenAI-compatible
+(``prompt_tokens``, ``completion_tokens``, ``total_tokens``, ``prompt_tokens_details.cached_tokens``,
+``completion_tokens_details.reasoning_tokens``), the Responses API's (``input_tokens``,
+``output_tokens``, ``input_tokens_details``, ``output_tokens_details``) or Anthropic's
+(``input_tokens``, ``output_tokens``, ``cache_read_input_tokens``).
 
 Where each API puts the usage of a stream:
 
@@ -24,12 +30,74 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from extproc.domain.token_estimate import TextTally
-from extproc.domain.usage import Usage, usage_from_object
+from extproc.domain.token_estimate import tokens_of
+from extproc.domain.usage import MAX_TOKENS, Usage
 
 #: An event larger than this is dropped unread (its bytes still pass to the client).
 MAX_EVENT_BYTES = 1 << 20
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
+class TextTally:
+    """Text seen piece by piece (a stream's deltas): ``tokens`` at any time, rounded once."""
+
+    __slots__ = ("ascii_bytes", "other_bytes")
+
+    def __init__(self) -> None:
+        self.ascii_bytes = 0
+        self.other_bytes = 0
+
+    def add(self, text: str) -> None:
+        if text.isascii():
+            self.ascii_bytes += len(text)
+            return
+        ascii_chars = len(text.encode("ascii", "ignore"))
+        self.ascii_bytes += ascii_chars
+        self.other_bytes += len(text.encode("utf-8", "surrogatepass")) - ascii_chars
+
+    @property
+    def tokens(self) -> int:
+        return tokens_of(self.ascii_bytes, self.other_bytes)
+
+
+def _int(value: Any) -> int | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS
+    return value if ok else None
+
+
+def _detail(usage: dict[str, Any], section: str, field: str) -> int:
+    details = usage.get(section)
+    return (_int(details.get(field)) or 0) if isinstance(details, dict) else 0
+
+
+def usage_from_json(body: bytes) -> Usage | None:
+    """The usage a response reports, or None when it reports none (or is not JSON)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return usage_from_object(doc.get("usage") if isinstance(doc, dict) else None)
+
+
+def usage_from_object(usage: Any) -> Usage | None:
+    """A ``usage`` object of any of the APIs above (None if it is not one)."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = _int(usage.get("prompt_tokens"))
+    if prompt is not None:  # OpenAI chat/completions/embeddings
+        completion = _int(usage.get("completion_tokens"))
+        if completion is None:  # embeddings: only prompt (and total)
+            total = _int(usage.get("total_tokens"))
+            completion = max(0, total - prompt) if total is not None else 0
+        return Usage(prompt, completion, _detail(usage, "prompt_tokens_details", "cached_tokens"),
+                     _detail(usage, "completion_tokens_details", "reasoning_tokens"))
+    inp, out = _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
+    if inp is None or out is None:
+        return None
+    cached = _int(usage.get("cache_read_input_tokens"))  # Anthropic
+    if cached is None:
+        cached = _detail(usage, "input_tokens_details", "cached_tokens")  # Responses API
+    return Usage(inp, out, cached, _detail(usage, "output_tokens_details", "reasoning_tokens"))
 
 
 @dataclass(frozen=True, slots=True)

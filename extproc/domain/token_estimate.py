@@ -19,28 +19,6 @@ from typing import Any
 ASCII_BYTES_PER_TOKEN = 4
 
 
-class TextTally:
-    """Text seen piece by piece (a stream's deltas): ``tokens`` at any time, rounded once."""
-
-    __slots__ = ("ascii_bytes", "other_bytes")
-
-    def __init__(self) -> None:
-        self.ascii_bytes = 0
-        self.other_bytes = 0
-
-    def add(self, text: str) -> None:
-        if text.isascii():
-            self.ascii_bytes += len(text)
-            return
-        ascii_chars = len(text.encode("ascii", "ignore"))
-        self.ascii_bytes += ascii_chars
-        self.other_bytes += len(text.encode("utf-8", "surrogatepass")) - ascii_chars
-
-    @property
-    def tokens(self) -> int:
-        return tokens_of(self.ascii_bytes, self.other_bytes)
-
-
 def tokens_of(ascii_bytes: int, other_bytes: int) -> int:
     """The rule: ASCII bytes / 4, rounded up, plus a token per non-ASCII byte."""
     return -(-ascii_bytes // ASCII_BYTES_PER_TOKEN) + other_bytes
@@ -48,9 +26,10 @@ def tokens_of(ascii_bytes: int, other_bytes: int) -> int:
 
 def text_tokens(text: str) -> int:
     """The estimate for one text (0 for an empty one)."""
-    tally = TextTally()
-    tally.add(text)
-    return tally.tokens
+    if text.isascii():
+        return tokens_of(len(text), 0)
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    return tokens_of(ascii_chars, len(text.encode("utf-8", "surrogatepass")) - ascii_chars)
 
 
 def value_tokens(value: Any) -> int:

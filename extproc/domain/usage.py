@@ -1,19 +1,12 @@
-"""Token usage as the model reported it, from a complete JSON response body (pure).
-Streamed (SSE) responses are read inside Envoy (``envoy/usage.lua``).
-
-OpenAI-compatible chat/completions and embeddings (``usage.prompt_tokens``,
-``completion_tokens``, ``total_tokens``, ``prompt_tokens_details.cached_tokens``,
-``completion_tokens_details.reasoning_tokens``), the Responses API (``usage.input_tokens``,
-``output_tokens``, ``input_tokens_details``, ``output_tokens_details``) and Anthropic Messages
-(``usage.input_tokens``, ``output_tokens``, ``cache_read_input_tokens``).
+"""What a request used, and how it ended (pure). Responses, JSON and streamed, are read inside
+Envoy (``envoy/usage.lua``; its Python reference readers are in ``tests/sse_reference.py``):
+settlement gets the usage they reported as a ``Usage``, and measures the request with it.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 
 class ResponseEnd(Enum):
@@ -41,46 +34,6 @@ class Usage:
 
 #: Larger counts are not usage but garbage (and would not fit a record's int64).
 MAX_TOKENS = 1 << 53
-
-
-def _int(value: Any) -> int | None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS
-    return value if ok else None
-
-
-def _detail(usage: dict[str, Any], section: str, field: str) -> int:
-    details = usage.get(section)
-    return (_int(details.get(field)) or 0) if isinstance(details, dict) else 0
-
-
-def usage_from_json(body: bytes) -> Usage | None:
-    """The usage a response reports, or None when it reports none (or is not JSON)."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    return usage_from_object(doc.get("usage") if isinstance(doc, dict) else None)
-
-
-def usage_from_object(usage: Any) -> Usage | None:
-    """A ``usage`` object of any of the APIs above (None if it is not one)."""
-    if not isinstance(usage, dict):
-        return None
-    prompt = _int(usage.get("prompt_tokens"))
-    if prompt is not None:  # OpenAI chat/completions/embeddings
-        completion = _int(usage.get("completion_tokens"))
-        if completion is None:  # embeddings: only prompt (and total)
-            total = _int(usage.get("total_tokens"))
-            completion = max(0, total - prompt) if total is not None else 0
-        return Usage(prompt, completion, _detail(usage, "prompt_tokens_details", "cached_tokens"),
-                     _detail(usage, "completion_tokens_details", "reasoning_tokens"))
-    inp, out = _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
-    if inp is None or out is None:
-        return None
-    cached = _int(usage.get("cache_read_input_tokens"))  # Anthropic
-    if cached is None:
-        cached = _detail(usage, "input_tokens_details", "cached_tokens")  # Responses API
-    return Usage(inp, out, cached, _detail(usage, "output_tokens_details", "reasoning_tokens"))
 
 
 @dataclass(frozen=True, slots=True)

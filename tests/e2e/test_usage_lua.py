@@ -17,10 +17,8 @@ from typing import Any
 
 import pytest
 
-from extproc.domain.token_estimate import TextTally
-from extproc.domain.usage import usage_from_json
 from tests.e2e.lua_harness import Case, Gateway, Result
-from tests.sse_reference import SseUsageReader
+from tests.sse_reference import SseUsageReader, TextTally, usage_from_json
 
 pytestmark = pytest.mark.e2e
 

@@ -198,7 +198,7 @@ def test_a_class_measured_in_other_units_records_its_configured_cost() -> None:
 
 
 def test_absurd_token_counts_are_not_usage() -> None:
-    from extproc.domain.usage import usage_from_object
+    from tests.sse_reference import usage_from_object
 
     assert usage_from_object({"prompt_tokens": 2**70, "completion_tokens": 1}) is None
     assert usage_from_object({"input_tokens": 5, "output_tokens": 2**60}) is None

@@ -11,7 +11,8 @@ from extproc.domain.multipart import FormError, boundary_of, read_form
 from extproc.domain.params import read_params, token_demand
 from extproc.domain.reasons import InvalidRequest, Reason
 from extproc.domain.request_body import BodyFormat, read_body
-from extproc.domain.token_estimate import TextTally, text_tokens, value_tokens
+from extproc.domain.token_estimate import text_tokens, value_tokens
+from tests.sse_reference import TextTally
 
 BOUNDARY = "----extproc-test-7MA4YWxkTrZu0gW"
 FORM_TYPE = f"multipart/form-data; boundary={BOUNDARY}"

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from extproc.domain.usage import Usage, usage_from_json
+from extproc.domain.usage import Usage
+from tests.sse_reference import usage_from_json
 
 CHAT = {"id": "chatcmpl-1", "object": "chat.completion", "choices": [],
         "usage": {"prompt_tokens": 19, "completion_tokens": 10, "total_tokens": 29,
