@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from extproc.quota.plan import Limit, QuotaPlan
-from extproc.quota.store import Admission, LimitState, admits_later
+from extproc.quota.store import Admission, LimitState, OpenAdmission, admits_later
 
 _EPS = 1e-6
 
@@ -80,7 +80,8 @@ class LocalLimiter:
             return LimitState(limit, True, lim - len(leases) - 1, 0, 0, len(leases)), None
         return LimitState(limit, False, 0, 1000, 0, len(leases)), None
 
-    async def admit(self, plan: QuotaPlan, lease_id: str) -> Admission:
+    async def admit(self, plan: QuotaPlan, lease_id: str, opened: OpenAdmission | None = None) -> Admission:
+        """``opened`` is not kept: in-process state dies with the process (nothing to sweep)."""
         now = int(self._clock() * 1000)
         states, applies = [], []
         blocking = None

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import secrets
 import time
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -19,7 +18,7 @@ from redis import exceptions as redis_errors
 from extproc.quota.breaker import CircuitBreaker
 from extproc.quota.plan import Limit, QuotaPlan
 from extproc.quota.recipe import SettleLimit, SettleRecipe
-from extproc.quota.store import Admission, StoreUnavailable, admits_later, states_from_reply
+from extproc.quota.store import Admission, OpenAdmission, StoreUnavailable, admits_later, states_from_reply
 from extproc.telemetry import tracing
 from extproc.telemetry.metrics import BREAKER_OPEN, REDIS_ERRORS, REDIS_SECONDS, Children
 
@@ -44,15 +43,6 @@ def open_keys(tag: str) -> tuple[str, str]:
 
 #: The sorted sets of open admissions, for the sweeper's SCAN.
 OPEN_DUE_PATTERN = "xq:{*}:due"
-
-
-@dataclass(frozen=True, slots=True)
-class OpenAdmission:
-    """What an admission registers for the sweeper: after ``sweep_after_ms`` without its end
-    reaching settlement, it is settled from ``facts`` (``settlement.sweeper``)."""
-
-    sweep_after_ms: int
-    facts: str  # ASCII JSON
 
 
 class RedisQuotaStore:

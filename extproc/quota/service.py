@@ -16,9 +16,9 @@ from extproc.domain.params import RequestParams
 from extproc.quota.local_store import LocalLimiter
 from extproc.quota.plan import QuotaPlan, plan
 from extproc.quota.recipe import SettleRecipe
-from extproc.quota.redis_store import OpenAdmission, RedisQuotaStore, settle_recipe
+from extproc.quota.redis_store import RedisQuotaStore, settle_recipe
 from extproc.quota.spec import FailureMode, QuotaSettings
-from extproc.quota.store import Admission, QuotaStore, StoreUnavailable
+from extproc.quota.store import Admission, OpenAdmission, QuotaStore, StoreUnavailable
 from extproc.telemetry.metrics import DEGRADED, QUOTA_DENIALS
 
 log = logging.getLogger("extproc.quota")
@@ -83,8 +83,7 @@ class QuotaService:
 
     async def _admit_in_store(self, store: QuotaStore, quota_plan: QuotaPlan, lease_id: str,
                               opened: OpenAdmission | None) -> Admission:
-        admit = (store.admit(quota_plan, lease_id, opened) if isinstance(store, RedisQuotaStore)
-                 else store.admit(quota_plan, lease_id))
+        admit = store.admit(quota_plan, lease_id, opened)
         if not quota_plan.has_leases and opened is None:
             return await admit
         # A lease is taken or an admission registered: if the request is cancelled while the

@@ -33,8 +33,18 @@ class Admission:
     degraded: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class OpenAdmission:
+    """What an admission registers for the sweeper: after ``sweep_after_ms`` without its end
+    reaching settlement, it is settled from ``facts`` (``settlement.sweeper``)."""
+
+    sweep_after_ms: int
+    facts: str  # ASCII JSON
+
+
 class QuotaStore(Protocol):
-    async def admit(self, plan: QuotaPlan, lease_id: str) -> Admission: ...
+    async def admit(self, plan: QuotaPlan, lease_id: str, opened: OpenAdmission | None = None) -> Admission:
+        """``opened``: registered with the admission, if it admits (settling removes it)."""
 
     async def settle(self, plan: QuotaPlan, lease_id: str, admission: Admission,
                      actual_tokens: int | None) -> bool: ...

@@ -20,10 +20,10 @@ from extproc.quota.local_store import LocalLimiter
 from extproc.quota.plan import plan
 from extproc.quota.recipe import SettleRecipe
 from extproc.quota.redis_client import client_from_url, quota_client
-from extproc.quota.redis_store import OpenAdmission, RedisQuotaStore, open_keys, settle_recipe
+from extproc.quota.redis_store import RedisQuotaStore, open_keys, settle_recipe
 from extproc.quota.service import QuotaService
 from extproc.quota.spec import Budget, FailureMode, QuotaPolicy, QuotaSettings, Rate, Unit
-from extproc.quota.store import StoreUnavailable
+from extproc.quota.store import OpenAdmission, StoreUnavailable
 from tests.redis_server import RedisServer
 
 ACME = Identity(tenant="acme", plan="pro", verified=True)
