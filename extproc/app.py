@@ -180,9 +180,8 @@ class Worker:
             route_sync.cancel()
         if sweeper is not None:
             sweeper.cancel()
-        await ext_proc_service.drain()  # settle what ended during the drain
-        await access_log_service.drain()
-        await self.settler.drain()
+        await ext_proc_service.drain()  # release what ended during the drain
+        await self.settler.drain()  # and settle it
         if records is not None and self.ledger is not None:
             records.cancel()
             await self.ledger.close()  # write what the drain recorded

@@ -45,6 +45,11 @@ def open_keys(tag: str) -> tuple[str, str]:
 OPEN_DUE_PATTERN = "xq:{*}:due"
 
 
+def facts_key_of(due_key: str) -> str:
+    """The hash of settlement facts beside a sorted set of open admissions (``open_keys``)."""
+    return due_key.removesuffix(":due") + ":open"
+
+
 class RedisQuotaStore:
     def __init__(self, client: Any, timeout_s: float = 0.05,
                  breaker: CircuitBreaker | None = None, now_ms: int | None = None) -> None:

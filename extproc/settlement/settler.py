@@ -38,30 +38,36 @@ class Settler:
         self._quota = quota
         self._ledger = ledger
         self._adapter = adapter
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Task[list[bool | None]]] = set()
 
-    async def ended(self, events: Sequence[RequestEnded]) -> None:
+    async def ended(self, events: Sequence[RequestEnded]) -> list[bool | None]:
         """Settle a batch of ended requests. The settle calls of one batch leave together (the
-        quota client writes one event-loop turn's commands in one write)."""
-        await asyncio.gather(*(self._settle(event) for event in events))
+        quota client writes one event-loop turn's commands in one write). For each: True when
+        this settled it (and wrote its record), False when it was settled already, None when
+        it could not be settled now (it stays open for the sweeper)."""
+        return list(await asyncio.gather(*(self._settle(event) for event in events)))
+
+    def submit(self, events: Sequence[RequestEnded]) -> None:
+        """Settle these in the background (a task of its own, drained on shutdown): the access
+        log goes on reading the next batch meanwhile."""
+        task = asyncio.get_running_loop().create_task(self.ended(events))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     def orphaned(self, facts: str) -> None:
         """An admission registered for settlement whose request was cancelled before Envoy had
         its decision (``QuotaService.orphaned``): settle and record it now, in the background."""
         try:
-            event = unreported(facts, ResponseEnd.NO_RESPONSE)
+            self.submit([unreported(facts, ResponseEnd.NO_RESPONSE)])
         except ValueError:
             return  # not ours to read: the sweeper settles it
-        task = asyncio.get_running_loop().create_task(self.ended([event]))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
 
     async def drain(self) -> None:
         """Wait for settlements still in flight (shutdown)."""
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
 
-    async def _settle(self, event: RequestEnded) -> None:
+    async def _settle(self, event: RequestEnded) -> bool | None:
         meta, seen = event.decision, event.seen or _NOTHING_SEEN
         measured = _measure(event, seen)
         charged = 0
@@ -72,12 +78,12 @@ class Settler:
             except Exception:
                 log.exception("settling a request failed; the sweeper settles it",
                               extra={"decision_id": meta.get("decision_id")})
-                return
+                return None
             if not settled:
                 # False: settled already (the sweeper came first); it wrote the record. None: the
                 # store could not be reached; the admission stays open and the sweeper settles it.
                 USAGE_SETTLEMENTS.labels("already_settled" if settled is False else "store_unavailable").inc()
-                return
+                return settled
             charged = measured.total_tokens if recipe.counts_tokens else 0
         source = "swept" if event.end is ResponseEnd.UNREPORTED else measured.source
         USAGE_SETTLEMENTS.labels(source).inc()
@@ -87,6 +93,7 @@ class Settler:
                 meta, measured, charged_tokens=charged, status=event.status, streamed=seen.streamed,
                 end=event.end, timing=event.timing, adapter=meta.get("adapter", self._adapter),
                 now_ms=int(time.time() * 1000), cost=_cost(meta)))
+        return True
 
     @staticmethod
     def _log(event: RequestEnded, seen: UsageSeen, measured: Measured) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 
-from extproc.quota.redis_store import OPEN_DUE_PATTERN
+from extproc.quota.redis_store import OPEN_DUE_PATTERN, facts_key_of
 from extproc.quota.spec import QuotaSettings
 from extproc.settlement.events import RequestEnded
 from extproc.settlement.settler import Settler, unreported
@@ -73,7 +73,7 @@ class Sweeper:
             now_ms = int(seconds) * 1000 + int(micros) // 1000
             swept = 0
             async for key in self.client.scan_iter(match=OPEN_DUE_PATTERN, count=1000, _type="zset"):
-                swept += await self._sweep_key(_text(key), now_ms)
+                swept += await self._sweep_key(key.decode() if isinstance(key, bytes) else key, now_ms)
         finally:
             await self._unlock(keys=[LOCK_KEY], args=[self._token])
         SWEEPS.labels("done").inc()
@@ -82,32 +82,23 @@ class Sweeper:
         return swept
 
     async def _sweep_key(self, due_key: str, now_ms: int) -> int:
-        facts_key = due_key[: -len(":due")] + ":open"
+        facts_key = facts_key_of(due_key)
         swept = 0
         while True:
             ids = await self.client.zrangebyscore(due_key, "-inf", now_ms, start=0, num=_BATCH)
             if not ids:
                 return swept
-            blobs = await self.client.hmget(facts_key, ids)
             events: list[RequestEnded] = []
             unreadable = []
-            for decision_id, blob in zip(ids, blobs, strict=True):
+            for decision_id, blob in zip(ids, await self.client.hmget(facts_key, ids), strict=True):
                 try:
-                    events.append(unreported(_text(blob)))
-                except (ValueError, TypeError):
+                    events.append(unreported(blob.decode() if blob is not None else ""))
+                except ValueError:
                     unreadable.append(decision_id)
             if unreadable:  # no facts to settle it with (they expired): its lease expires by its TTL
                 log.error("open admissions without facts dropped", extra={"count": len(unreadable)})
                 await self.client.zrem(due_key, *unreadable)
-            await self._settler.ended(events)
-            # Entries still there could not be settled (the store failed): next sweep.
-            still = await self.client.zrangebyscore(due_key, "-inf", now_ms, start=0, num=_BATCH)
-            swept += len(ids) - len(unreadable) - len(set(still) & set(ids))
-            if len(ids) < _BATCH or set(still) & set(ids):
+            results = await self._settler.ended(events)
+            swept += results.count(True)
+            if len(ids) < _BATCH or None in results:  # the rest, or what failed: next sweep
                 return swept
-
-
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        raise TypeError("missing")
-    return value.decode() if isinstance(value, bytes) else value

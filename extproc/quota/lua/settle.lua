@@ -14,11 +14,12 @@
 -- Returns 1 when settled now (or by this same settlement before), 0 when another settlement
 -- of this decision came first.
 
+-- Whichever settlement comes, the admission is no longer open for the sweeper.
+if redis.call('ZREM', KEYS[2], ARGV[2]) == 1 then redis.call('HDEL', KEYS[3], ARGV[2]) end
 if redis.call('SET', KEYS[1], ARGV[4], 'NX', 'PX', tonumber(ARGV[3])) == false then
   if redis.call('GET', KEYS[1]) == ARGV[4] then return 1 end
   return 0
 end
-if redis.call('ZREM', KEYS[2], ARGV[2]) == 1 then redis.call('HDEL', KEYS[3], ARGV[2]) end
 
 local function now_ms()
   if ARGV[1] ~= '' then return tonumber(ARGV[1]) end
