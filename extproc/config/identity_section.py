@@ -8,7 +8,7 @@ from typing import Any
 
 from extproc.config.reader import Reader
 from extproc.domain.authorize import AccessRule
-from extproc.domain.classify import WorkloadClass
+from extproc.domain.classify import WorkloadClass, folded_model
 from extproc.identity.keys import build_keyset
 from extproc.identity.spec import SUPPORTED_ALGORITHMS, IssuerSpec
 
@@ -165,7 +165,7 @@ def parse_access(r: Reader, value: Any, issuer_names: set[str]) -> tuple[AccessR
             r.error(f"{where}.require.issuers", f"unknown issuer name {unknown!r}")
         rules.append(AccessRule(
             name=name, workload=workload,
-            model=_folded(r.typed(match.get("model"), f"{where}.match.model", str, None)),
+            model=folded_model(r.typed(match.get("model"), f"{where}.match.model", str, None)),
             listener=r.typed(match.get("listener"), f"{where}.match.listener", str, None),
             scopes=frozenset(_str_list(r, require.get("scopes"), f"{where}.require.scopes")),
             roles=frozenset(_str_list(r, require.get("roles"), f"{where}.require.roles")),
@@ -174,7 +174,3 @@ def parse_access(r: Reader, value: Any, issuer_names: set[str]) -> tuple[AccessR
         ))
     return tuple(rules)
 
-
-def _folded(model: str | None) -> str | None:
-    """Model names are matched in lower case (README "Model names")."""
-    return model.lower() if model is not None else None

@@ -7,7 +7,7 @@ import zoneinfo
 from typing import Any
 
 from extproc.config.reader import Reader
-from extproc.domain.classify import WorkloadClass
+from extproc.domain.classify import WorkloadClass, folded_model
 from extproc.quota.spec import PERIODS_MS, Budget, FailureMode, QuotaPolicy, QuotaSettings, Rate, Unit
 
 _POLICY_FIELDS = {"name", "match", "requests", "tokens", "budget", "concurrency", "enforce",
@@ -112,8 +112,7 @@ def parse_quotas(r: Reader, value: Any, route_ids: set[str]) -> QuotaSettings:
             continue
         policies.append(QuotaPolicy(
             name=name, tenant=strings["tenant"], plan=strings["plan"], workload=workload,
-            # Model names are matched in lower case (README "Model names").
-            model=strings["model"].lower() if strings["model"] else None, route=strings["route"],
+            model=folded_model(strings["model"] or None), route=strings["route"],
             requests=requests, tokens=tokens,
             budget=budget, concurrency=concurrency, lease_ttl_ms=(lease_ttl or 600) * 1000,
             enforce=enforce, on_store_failure=mode or FailureMode.CLOSED, clamp_max_tokens=clamp,

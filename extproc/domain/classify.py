@@ -103,6 +103,12 @@ MAX_MODEL_LENGTH = 256
 _MODEL_CHARS = re.compile(r"[A-Za-z0-9._:/@+-]*")
 
 
+def folded_model(name: str | None) -> str | None:
+    """A model name (or pattern) from config or an operator, as requests are matched: in lower
+    case (README "Model names")."""
+    return name.lower() if name is not None else None
+
+
 def canonical_model(value: Any, where: str) -> str:
     """The canonical spelling of a model name the client sent: ASCII lower case. Anything that
     is not a plain name (README "Model names") is an ``InvalidRequest`` that says why, never

@@ -1,8 +1,8 @@
 """Decision and usage records as the protobuf messages of ``protos/extproc/ledger/v1`` (pure).
 
 A usage record is built from the decision's facts as a flat string map (``Decision.metadata()``,
-which is also what Envoy's access log brings to settlement, possibly in another process),
-so both streams that may write it build the same record.
+which is also what Envoy's access log brings to settlement, possibly in another process, and
+what an admission registers for the sweeper), so whichever settles it builds the same record.
 """
 
 from __future__ import annotations

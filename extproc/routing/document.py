@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from extproc.config.reader import ConfigError, Reader
-from extproc.domain.classify import WorkloadClass
+from extproc.domain.classify import WorkloadClass, folded_model
 from extproc.routing.table import RouteEntry, TableSpec, WeightedPool, routes_nowhere
 
 TABLE_FIELDS = {"routes", "aliases", "draining"}
@@ -73,7 +73,7 @@ def _aliases(r: Reader, value: Any, where: str) -> dict[str, str]:
         elif target == name:
             r.error(f"{where}.{name}", "an alias of itself")
         else:
-            out[name.lower()] = target.lower()  # model names are matched folded (README "Model names")
+            out[name.lower()] = target.lower()  # as requests' models are matched (``folded_model``)
     for name, target in out.items():
         if target in out:
             r.error(f"{where}.{name}", f"{target!r} is itself an alias (of {out[target]!r}); "
@@ -96,8 +96,7 @@ def _entry(r: Reader, item: Any, here: str, index: int, known: set[str], pools: 
                               or "*" in model.rstrip("*")):
         r.error(f"{here}.model", f"{model!r}: expected a model name or a prefix ending in '*' "
                                  "(omit the field to match any model)")
-    if model is not None:
-        model = model.lower()  # matched against the request's model folded to lower case
+    model = folded_model(model)
     tenant = r.typed(f.get("tenant"), f"{here}.tenant", str, None)
     plan = r.typed(f.get("plan"), f"{here}.plan", str, None)
     if tenant is not None and plan is not None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from extproc.config.model import PolicyConfig
 from extproc.config.reader import ConfigError
-from extproc.domain.classify import WorkloadClass
+from extproc.domain.classify import WorkloadClass, folded_model
 from extproc.routing.document import canonical_json, read_table_file, to_document, yaml_document
 from extproc.routing.store import Outcome, RouteStore, StoredTable
 from extproc.routing.table import RoutingTable, TableOrigin, TableSpec
@@ -117,7 +117,7 @@ async def history(store: RouteStore, limit: int) -> tuple[int, str]:
 
 def explain(table: RoutingTable, tenant: str, plan: str, workload: WorkloadClass,
             model: str | None) -> tuple[int, str]:
-    model = model.lower() if model else model  # as the gateway folds a request's model (README "Model names")
+    model = folded_model(model)
     o = table.origin
     source = {"redis": f"live table version {o.version} (by {o.author}: {o.reason})",
               "config": "the policy file's table (no live table)"}.get(o.source, o.source)
